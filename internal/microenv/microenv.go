@@ -1,0 +1,103 @@
+// Package microenv builds go-micro services configured only by go-micro's own
+// MICRO_* environment variables (MICRO_BROKER, MICRO_REGISTRY, ...).
+//
+// go-micro's Service.Init parses os.Args with urfave/cli and exits on any flag
+// it does not know, which breaks programs with their own flags (the CLI) and
+// code under `go test`. NewService hides the arguments from it, so only the
+// environment is read, and checks the plugin names first so that a typo is
+// reported with the variable's name instead of go-micro's bare exit.
+package microenv
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"go-micro.dev/v6"
+	"go-micro.dev/v6/cmd"
+)
+
+// argsMu serialises the os.Args swap: several services may start in one
+// test binary.
+var argsMu sync.Mutex
+
+// NewService returns a go-micro service named name, initialised from the
+// environment. opts are applied before the environment, so MICRO_* variables
+// win, as they do for any go-micro service.
+func NewService(name string, opts ...micro.Option) (micro.Service, error) {
+	if err := Validate(os.Getenv); err != nil {
+		return nil, err
+	}
+	srv := micro.NewService(name, opts...)
+
+	argsMu.Lock()
+	defer argsMu.Unlock()
+	saved := os.Args
+	os.Args = os.Args[:1]
+	defer func() { os.Args = saved }()
+	srv.Init()
+	return srv, nil
+}
+
+// plugins names the variables that select a go-micro plugin by name, with the
+// names go-micro knows for each. The built-in defaults (http broker, mdns
+// registry, http transport) are not in go-micro's maps but are valid values.
+func plugins() map[string][]string {
+	return map[string][]string{
+		"MICRO_BROKER":    append(keys(cmd.DefaultBrokers), "http"),
+		"MICRO_REGISTRY":  append(keys(cmd.DefaultRegistries), "mdns"),
+		"MICRO_TRANSPORT": append(keys(cmd.DefaultTransports), "http"),
+	}
+}
+
+// Validate checks that every plugin-selecting MICRO_* variable names a plugin
+// that this binary has. getenv is os.Getenv outside tests.
+func Validate(getenv func(string) string) error {
+	all := plugins()
+	vars := make([]string, 0, len(all))
+	for v := range all {
+		vars = append(vars, v)
+	}
+	sort.Strings(vars)
+	for _, v := range vars {
+		val := getenv(v)
+		if val == "" {
+			continue
+		}
+		known := uniqueSorted(all[v])
+		if !contains(known, val) {
+			return fmt.Errorf("%s=%q is not a known go-micro plugin; use one of: %s", v, val, strings.Join(known, ", "))
+		}
+	}
+	return nil
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func uniqueSorted(s []string) []string {
+	sort.Strings(s)
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
