@@ -1,0 +1,354 @@
+// Package jsbroker is a go-micro broker backed by NATS JetStream that loses
+// no event: a publish returns only after the stream stored the message, a
+// message is acked only after the subscriber's handler returned nil, failed
+// messages are redelivered with a growing delay, and a message that keeps
+// failing is moved to a dead-letter subject instead of being retried forever.
+//
+// Select it with MICRO_BROKER=jetstream (and MICRO_BROKER_ADDRESS) after a
+// blank import, or pass NewBroker(...) to micro.Broker.
+//
+// Subjects: topic T is stored under "<SubjectPrefix>.T" (default
+// shippy.events.T) in stream SHIPPY_EVENTS; its dead letters under
+// "<DeadLetterPrefix>.T" (default shippy.deadletter.T) in stream
+// SHIPPY_EVENTS_DLQ.
+package jsbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go-micro.dev/v6/broker"
+	"go-micro.dev/v6/cmd"
+	"go-micro.dev/v6/codec/json"
+	"go-micro.dev/v6/metadata"
+)
+
+// Headers the broker reads or writes.
+const (
+	// HeaderEventID carries the event's id; the broker uses it as the JetStream
+	// message id, so a publish retried within the duplicate window is stored
+	// once. A Nats-Msg-Id header, if present, wins.
+	HeaderEventID = "Event-Id"
+	// HeaderDeadLetterReason is the handler's last error text on a dead letter.
+	HeaderDeadLetterReason = "Dead-Letter-Reason"
+	// HeaderDeadLetterTopic is the topic the dead letter was published on.
+	HeaderDeadLetterTopic = "Dead-Letter-Topic"
+	// HeaderDeadLetterConsumer names the consumer that gave up on the message.
+	HeaderDeadLetterConsumer = "Dead-Letter-Consumer"
+	// HeaderDeadLetterDeliveries is how often the message was delivered.
+	HeaderDeadLetterDeliveries = "Dead-Letter-Deliveries"
+	// HeaderDeadLetterStreamSeq is the message's sequence in the event stream.
+	HeaderDeadLetterStreamSeq = "Dead-Letter-Stream-Seq"
+)
+
+// ErrNotConnected is returned by Publish and Subscribe while the broker has
+// no connection to the server (before Connect, or while reconnecting).
+var ErrNotConnected = errors.New("jetstream broker not connected")
+
+func init() {
+	cmd.DefaultBrokers["jetstream"] = NewBroker
+}
+
+// WithEventID returns ctx with the event id in go-micro metadata, so that
+// micro.Event.Publish(ctx, msg) sends it as the HeaderEventID header.
+func WithEventID(ctx context.Context, id string) context.Context {
+	return metadata.Set(ctx, HeaderEventID, id)
+}
+
+// Stats counts what the broker did since it was created.
+type Stats struct {
+	Published      uint64 // publishes stored by the stream (duplicates included)
+	Duplicates     uint64 // publishes the stream dropped as duplicates of an event id
+	PublishErrors  uint64 // publishes that returned an error
+	Delivered      uint64 // messages given to a handler
+	Acked          uint64 // messages acked after their handler succeeded
+	Retried        uint64 // messages nak'ed for redelivery after a handler error
+	DeadLettered   uint64 // messages moved to the dead-letter subject
+	DeadLetterErrs uint64 // failed attempts to publish a dead letter (message kept for retry)
+}
+
+type counters struct {
+	published, duplicates, publishErrors, delivered, acked, retried, deadLettered, deadLetterErrs atomic.Uint64
+}
+
+// Broker implements go-micro's broker.Broker on JetStream.
+type Broker struct {
+	mu    sync.RWMutex
+	opts  broker.Options
+	cfg   config
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	subs  map[*subscriber]struct{}
+	stats counters
+}
+
+// NewBroker returns the broker as go-micro's interface, for cmd.DefaultBrokers
+// and micro.Broker.
+func NewBroker(opts ...broker.Option) broker.Broker { return New(opts...) }
+
+// New returns a broker configured by go-micro's broker.Options (Addrs,
+// Secure, TLSConfig) and this package's options.
+func New(opts ...broker.Option) *Broker {
+	b := &Broker{
+		opts: broker.Options{Codec: json.Marshaler{}, Context: context.Background()},
+		subs: make(map[*subscriber]struct{}),
+	}
+	b.apply(opts...)
+	return b
+}
+
+func (b *Broker) apply(opts ...broker.Option) {
+	for _, o := range opts {
+		o(&b.opts)
+	}
+	b.cfg = configFrom(b.opts.Context)
+}
+
+// Init applies options; connection options take effect on the next Connect.
+func (b *Broker) Init(opts ...broker.Option) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.apply(opts...)
+	return nil
+}
+
+// Options returns the go-micro options.
+func (b *Broker) Options() broker.Options {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.opts
+}
+
+// String is the name MICRO_BROKER selects.
+func (b *Broker) String() string { return "jetstream" }
+
+// Address is the connected server's URL, or the first configured one.
+func (b *Broker) Address() string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.nc != nil && b.nc.IsConnected() {
+		return b.nc.ConnectedUrl()
+	}
+	return b.addrs()[0]
+}
+
+func (b *Broker) addrs() []string {
+	var out []string
+	for _, a := range b.opts.Addrs {
+		for _, a := range strings.Split(a, ",") {
+			a = strings.TrimSpace(a)
+			if a == "" {
+				continue
+			}
+			if !strings.Contains(a, "://") {
+				a = "nats://" + a
+			}
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{nats.DefaultURL}
+	}
+	return out
+}
+
+// Stats returns a snapshot of the counters.
+func (b *Broker) Stats() Stats {
+	c := &b.stats
+	return Stats{
+		Published:      c.published.Load(),
+		Duplicates:     c.duplicates.Load(),
+		PublishErrors:  c.publishErrors.Load(),
+		Delivered:      c.delivered.Load(),
+		Acked:          c.acked.Load(),
+		Retried:        c.retried.Load(),
+		DeadLettered:   c.deadLettered.Load(),
+		DeadLetterErrs: c.deadLetterErrs.Load(),
+	}
+}
+
+// Subject is the NATS subject topic is stored under.
+func (b *Broker) Subject(topic string) string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.cfg.subjectPrefix + "." + topic
+}
+
+// DeadLetterSubject is the subject dead letters of topic are published on.
+func (b *Broker) DeadLetterSubject(topic string) string {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.cfg.deadLetterPrefix + "." + topic
+}
+
+// Connect connects to the server and creates or updates the event stream and
+// the dead-letter stream. The connection then reconnects forever.
+func (b *Broker) Connect() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.nc != nil && !b.nc.IsClosed() {
+		return nil
+	}
+	log := b.cfg.log.With("broker", "jetstream")
+	nopts := []nats.Option{
+		nats.Name("shippy-jsbroker"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(b.cfg.reconnectWait),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "url", nc.ConnectedUrl())
+		}),
+	}
+	if b.opts.TLSConfig != nil {
+		nopts = append(nopts, nats.Secure(b.opts.TLSConfig))
+	} else if b.opts.Secure {
+		nopts = append(nopts, nats.Secure())
+	}
+	nopts = append(nopts, b.cfg.natsOptions...)
+	url := strings.Join(b.addrs(), ",")
+	nc, err := nats.Connect(url, nopts...)
+	if err != nil {
+		return fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("jetstream context: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.publishTimeout)
+	defer cancel()
+	if err := b.ensureStreams(ctx, js); err != nil {
+		nc.Close()
+		return err
+	}
+	b.nc, b.js = nc, js
+	return nil
+}
+
+func (b *Broker) ensureStreams(ctx context.Context, js jetstream.JetStream) error {
+	events := jetstream.StreamConfig{
+		Name:        b.cfg.stream,
+		Description: "go-micro events published through jsbroker",
+		Subjects:    []string{b.cfg.subjectPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      b.cfg.maxAge,
+		Duplicates:  b.cfg.duplicateWindow,
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, events); err != nil {
+		return fmt.Errorf("create or update stream %s: %w", events.Name, err)
+	}
+	dlq := jetstream.StreamConfig{
+		Name:        b.cfg.stream + "_DLQ",
+		Description: "messages jsbroker gave up on after the maximum deliveries",
+		Subjects:    []string{b.cfg.deadLetterPrefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Duplicates:  b.cfg.duplicateWindow,
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, dlq); err != nil {
+		return fmt.Errorf("create or update stream %s: %w", dlq.Name, err)
+	}
+	return nil
+}
+
+// Disconnect stops every subscription, letting running handlers finish and
+// their acks go out, then drains and closes the connection.
+func (b *Broker) Disconnect() error {
+	b.mu.Lock()
+	subs := make([]*subscriber, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	nc := b.nc
+	b.mu.Unlock()
+
+	var errs []error
+	for _, s := range subs {
+		if err := s.Unsubscribe(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if nc == nil {
+		return errors.Join(errs...)
+	}
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+	} else {
+		<-closed
+	}
+	b.mu.Lock()
+	if b.nc == nc {
+		b.nc, b.js = nil, nil
+	}
+	b.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (b *Broker) conn() (*nats.Conn, jetstream.JetStream, config) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.nc, b.js, b.cfg
+}
+
+// Publish stores m in the stream under topic's subject and waits for the
+// stream's ack. The body is the NATS payload and the headers are NATS
+// headers. It fails fast while the server is unreachable, so that a caller
+// (an outbox relay) can retry; HeaderEventID makes the retry safe.
+func (b *Broker) Publish(topic string, m *broker.Message, opts ...broker.PublishOption) error {
+	po := broker.PublishOptions{}
+	for _, o := range opts {
+		o(&po)
+	}
+	ctx := po.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	err := b.publish(ctx, topic, m)
+	if err != nil {
+		b.stats.publishErrors.Add(1)
+	}
+	return err
+}
+
+func (b *Broker) publish(ctx context.Context, topic string, m *broker.Message) error {
+	nc, js, cfg := b.conn()
+	if nc == nil || js == nil {
+		return fmt.Errorf("publish %s: %w", topic, ErrNotConnected)
+	}
+	if !nc.IsConnected() {
+		return fmt.Errorf("publish %s: %w (%s)", topic, ErrNotConnected, nc.Status())
+	}
+	msg := nats.NewMsg(cfg.subjectPrefix + "." + topic)
+	msg.Data = m.Body
+	for k, v := range m.Header {
+		msg.Header.Set(k, v)
+	}
+	var popts []jetstream.PublishOpt
+	if id := msg.Header.Get(jetstream.MsgIDHeader); id != "" {
+		popts = append(popts, jetstream.WithMsgID(id))
+	} else if id := msg.Header.Get(HeaderEventID); id != "" {
+		popts = append(popts, jetstream.WithMsgID(id))
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	defer cancel()
+	ack, err := js.PublishMsg(ctx, msg, popts...)
+	if err != nil {
+		return fmt.Errorf("publish %s to jetstream: %w", topic, err)
+	}
+	b.stats.published.Add(1)
+	if ack.Duplicate {
+		b.stats.duplicates.Add(1)
+	}
+	return nil
+}

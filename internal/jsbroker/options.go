@@ -1,0 +1,191 @@
+package jsbroker
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go-micro.dev/v6/broker"
+)
+
+// Defaults; each has a broker.Option below.
+const (
+	DefaultStream           = "SHIPPY_EVENTS"
+	DefaultSubjectPrefix    = "shippy.events"
+	DefaultDeadLetterPrefix = "shippy.deadletter"
+	DefaultMaxDeliver       = 5
+	DefaultAckWait          = 30 * time.Second
+	DefaultMaxAge           = 7 * 24 * time.Hour
+	DefaultDuplicateWindow  = 10 * time.Minute
+	DefaultPublishTimeout   = 5 * time.Second
+	DefaultPullBatch        = 16
+	DefaultReconnectWait    = time.Second
+)
+
+// DefaultBackoff is the delay before the 1st, 2nd, ... redelivery of a message
+// whose handler failed; the last entry repeats.
+var DefaultBackoff = []time.Duration{100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+
+type config struct {
+	stream           string
+	subjectPrefix    string
+	deadLetterPrefix string
+	maxDeliver       int
+	backoff          []time.Duration
+	ackWait          time.Duration
+	maxAge           time.Duration
+	duplicateWindow  time.Duration
+	publishTimeout   time.Duration
+	pullBatch        int
+	reconnectWait    time.Duration
+	natsOptions      []nats.Option
+	log              *slog.Logger
+}
+
+type (
+	streamKey           struct{}
+	subjectPrefixKey    struct{}
+	deadLetterPrefixKey struct{}
+	maxDeliverKey       struct{}
+	backoffKey          struct{}
+	ackWaitKey          struct{}
+	maxAgeKey           struct{}
+	duplicateWindowKey  struct{}
+	publishTimeoutKey   struct{}
+	pullBatchKey        struct{}
+	reconnectWaitKey    struct{}
+	natsOptionsKey      struct{}
+	loggerKey           struct{}
+)
+
+// setOption stores an implementation option in broker.Options.Context, the
+// way go-micro's own broker plugins do.
+func setOption(k, v any) broker.Option {
+	return func(o *broker.Options) {
+		if o.Context == nil {
+			o.Context = context.Background()
+		}
+		o.Context = context.WithValue(o.Context, k, v)
+	}
+}
+
+// Stream names the JetStream stream holding the events (default SHIPPY_EVENTS);
+// dead letters go to the stream of the same name with suffix _DLQ.
+func Stream(name string) broker.Option { return setOption(streamKey{}, name) }
+
+// SubjectPrefix is put before a topic to form its NATS subject (default
+// shippy.events, so topic user.created is subject shippy.events.user.created).
+func SubjectPrefix(p string) broker.Option { return setOption(subjectPrefixKey{}, p) }
+
+// DeadLetterPrefix is put before a topic to form its dead-letter subject
+// (default shippy.deadletter).
+func DeadLetterPrefix(p string) broker.Option { return setOption(deadLetterPrefixKey{}, p) }
+
+// MaxDeliver bounds how often a handler is given one message before the
+// message is moved to the dead-letter subject (default 5).
+func MaxDeliver(n int) broker.Option { return setOption(maxDeliverKey{}, n) }
+
+// Backoff sets the redelivery delays after failed handler calls; the last one
+// repeats (default DefaultBackoff).
+func Backoff(d ...time.Duration) broker.Option { return setOption(backoffKey{}, d) }
+
+// AckWait is how long the server waits for an ack before redelivering; a
+// running handler extends it automatically (default 30s).
+func AckWait(d time.Duration) broker.Option { return setOption(ackWaitKey{}, d) }
+
+// MaxAge is how long the stream keeps a message (default 7 days).
+func MaxAge(d time.Duration) broker.Option { return setOption(maxAgeKey{}, d) }
+
+// DuplicateWindow is how long the stream remembers message ids to drop
+// repeated publishes of one event (default 10 minutes).
+func DuplicateWindow(d time.Duration) broker.Option { return setOption(duplicateWindowKey{}, d) }
+
+// PublishTimeout bounds the wait for the stream's ack when the publish
+// context has no earlier deadline (default 5s).
+func PublishTimeout(d time.Duration) broker.Option { return setOption(publishTimeoutKey{}, d) }
+
+// PullBatch is how many messages a subscriber pulls ahead; small keeps the
+// replicas of a queue group evenly loaded (default 16).
+func PullBatch(n int) broker.Option { return setOption(pullBatchKey{}, n) }
+
+// ReconnectWait is the pause between reconnect attempts (default 1s, with jitter).
+func ReconnectWait(d time.Duration) broker.Option { return setOption(reconnectWaitKey{}, d) }
+
+// NatsOptions adds options for the NATS connection (credentials, names...).
+func NatsOptions(opts ...nats.Option) broker.Option { return setOption(natsOptionsKey{}, opts) }
+
+// Logger sets the structured logger (default slog.Default()).
+func Logger(l *slog.Logger) broker.Option { return setOption(loggerKey{}, l) }
+
+func configFrom(ctx context.Context) config {
+	c := config{
+		stream:           DefaultStream,
+		subjectPrefix:    DefaultSubjectPrefix,
+		deadLetterPrefix: DefaultDeadLetterPrefix,
+		maxDeliver:       DefaultMaxDeliver,
+		backoff:          DefaultBackoff,
+		ackWait:          DefaultAckWait,
+		maxAge:           DefaultMaxAge,
+		duplicateWindow:  DefaultDuplicateWindow,
+		publishTimeout:   DefaultPublishTimeout,
+		pullBatch:        DefaultPullBatch,
+		reconnectWait:    DefaultReconnectWait,
+		log:              slog.Default(),
+	}
+	if ctx == nil {
+		return c
+	}
+	if v, ok := ctx.Value(streamKey{}).(string); ok && v != "" {
+		c.stream = v
+	}
+	if v, ok := ctx.Value(subjectPrefixKey{}).(string); ok && v != "" {
+		c.subjectPrefix = v
+	}
+	if v, ok := ctx.Value(deadLetterPrefixKey{}).(string); ok && v != "" {
+		c.deadLetterPrefix = v
+	}
+	if v, ok := ctx.Value(maxDeliverKey{}).(int); ok && v > 0 {
+		c.maxDeliver = v
+	}
+	if v, ok := ctx.Value(backoffKey{}).([]time.Duration); ok && len(v) > 0 {
+		c.backoff = v
+	}
+	if v, ok := ctx.Value(ackWaitKey{}).(time.Duration); ok && v > 0 {
+		c.ackWait = v
+	}
+	if v, ok := ctx.Value(maxAgeKey{}).(time.Duration); ok && v > 0 {
+		c.maxAge = v
+	}
+	if v, ok := ctx.Value(duplicateWindowKey{}).(time.Duration); ok && v > 0 {
+		c.duplicateWindow = v
+	}
+	if v, ok := ctx.Value(publishTimeoutKey{}).(time.Duration); ok && v > 0 {
+		c.publishTimeout = v
+	}
+	if v, ok := ctx.Value(pullBatchKey{}).(int); ok && v > 0 {
+		c.pullBatch = v
+	}
+	if v, ok := ctx.Value(reconnectWaitKey{}).(time.Duration); ok && v > 0 {
+		c.reconnectWait = v
+	}
+	if v, ok := ctx.Value(natsOptionsKey{}).([]nats.Option); ok {
+		c.natsOptions = v
+	}
+	if v, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && v != nil {
+		c.log = v
+	}
+	return c
+}
+
+// backoffFor is the delay before redelivery after the n-th failed delivery.
+func (c config) backoffFor(n uint64) time.Duration {
+	i := int(n) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(c.backoff) {
+		i = len(c.backoff) - 1
+	}
+	return c.backoff[i]
+}

@@ -1,0 +1,310 @@
+package jsbroker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"go-micro.dev/v6/broker"
+)
+
+// ephemeralInactive is how long the server keeps the consumer of a
+// subscription without a queue after its subscriber went away.
+const ephemeralInactive = 5 * time.Minute
+
+type subscriber struct {
+	b        *Broker
+	topic    string
+	opts     broker.SubscribeOptions
+	handler  broker.Handler
+	cfg      config
+	js       jetstream.JetStream
+	consumer string
+	durable  bool
+	log      *slog.Logger
+
+	once sync.Once
+	cc   jetstream.ConsumeContext
+}
+
+// ConsumerName is the durable consumer shared by every subscriber of topic
+// in queue group queue: characters NATS forbids in names become '_', and a
+// hash of the original keeps distinct pairs distinct.
+func ConsumerName(queue, topic string) string {
+	raw := queue + "_" + topic
+	clean := sanitize(raw)
+	if clean == raw {
+		return clean
+	}
+	h := fnv.New32a()
+	h.Write([]byte(queue + "\x00" + topic))
+	return fmt.Sprintf("%s_%08x", clean, h.Sum32())
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		default:
+			return '_'
+		}
+	}, s)
+}
+
+// Subscribe consumes topic. With broker.Queue(q) all subscribers of q, in any
+// process, share one durable consumer that starts at the first stored
+// message; without a queue each subscriber gets its own consumer from now on.
+// A message is acked after handler returned nil (unless DisableAutoAck: then
+// the handler acks with Event.Ack), redelivered with Backoff after an error,
+// and dead-lettered after MaxDeliver deliveries.
+func (b *Broker) Subscribe(topic string, handler broker.Handler, opts ...broker.SubscribeOption) (broker.Subscriber, error) {
+	so := broker.NewSubscribeOptions(opts...)
+	nc, js, cfg := b.conn()
+	if nc == nil || js == nil {
+		return nil, fmt.Errorf("subscribe %s: %w", topic, ErrNotConnected)
+	}
+	s := &subscriber{b: b, topic: topic, opts: so, handler: handler, cfg: cfg, js: js}
+	cc := jetstream.ConsumerConfig{
+		FilterSubject: cfg.subjectPrefix + "." + topic,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.ackWait,
+		// The subscriber enforces cfg.maxDeliver itself so that it can
+		// dead-letter the message; the server must not drop it silently first.
+		MaxDeliver: -1,
+	}
+	if so.Queue != "" {
+		s.consumer, s.durable = ConsumerName(so.Queue, topic), true
+		cc.Durable = s.consumer
+		cc.Description = fmt.Sprintf("go-micro queue %q on topic %q", so.Queue, topic)
+		cc.DeliverPolicy = jetstream.DeliverAllPolicy
+	} else {
+		s.consumer = sanitize(topic) + "_" + nuid.Next()
+		cc.Name = s.consumer
+		cc.Description = fmt.Sprintf("go-micro subscriber on topic %q", topic)
+		cc.DeliverPolicy = jetstream.DeliverNewPolicy
+		cc.InactiveThreshold = ephemeralInactive
+	}
+	s.log = cfg.log.With("broker", "jetstream", "topic", topic, "consumer", s.consumer)
+
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.publishTimeout)
+	defer cancel()
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.stream, cc)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: create consumer %s: %w", topic, s.consumer, err)
+	}
+	consumeCtx, err := cons.Consume(s.handle,
+		jetstream.PullMaxMessages(cfg.pullBatch),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			s.log.Warn("jetstream consume", "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: consume %s: %w", topic, s.consumer, err)
+	}
+	s.cc = consumeCtx
+	b.mu.Lock()
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	return s, nil
+}
+
+func (s *subscriber) Options() broker.SubscribeOptions { return s.opts }
+func (s *subscriber) Topic() string                    { return s.topic }
+
+// Unsubscribe stops pulling, waits for the running handler to finish and
+// keeps a queue group's durable consumer (and its position) on the server.
+func (s *subscriber) Unsubscribe() error {
+	s.once.Do(func() {
+		s.cc.Drain()
+		select {
+		case <-s.cc.Closed():
+		case <-time.After(s.cfg.ackWait):
+			s.cc.Stop()
+		}
+		s.b.mu.Lock()
+		delete(s.b.subs, s)
+		s.b.mu.Unlock()
+		if !s.durable {
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.publishTimeout)
+			defer cancel()
+			if derr := s.js.DeleteConsumer(ctx, s.cfg.stream, s.consumer); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+				// The server removes it after ephemeralInactive anyway.
+				s.log.Warn("delete consumer", "err", derr)
+			}
+		}
+	})
+	return nil
+}
+
+// event is what the handler gets: the message as published plus Ack.
+type event struct {
+	topic string
+	msg   *broker.Message
+	jsMsg jetstream.Msg
+	err   error
+
+	mu    sync.Mutex
+	acked bool
+}
+
+func (e *event) Topic() string            { return e.topic }
+func (e *event) Message() *broker.Message { return e.msg }
+func (e *event) Error() error             { return e.err }
+
+// Ack acks the message now and waits for the server to confirm.
+func (e *event) Ack() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.acked {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.jsMsg.DoubleAck(ctx); err != nil {
+		return fmt.Errorf("ack: %w", err)
+	}
+	e.acked = true
+	return nil
+}
+
+func (e *event) isAcked() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.acked
+}
+
+func (s *subscriber) handle(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		s.log.Error("message without jetstream metadata", "err", err)
+		_ = m.Term()
+		return
+	}
+	header := make(map[string]string, len(m.Headers()))
+	for k, v := range m.Headers() {
+		if len(v) > 0 {
+			header[k] = v[0]
+		}
+	}
+	log := s.log.With("stream_seq", md.Sequence.Stream, "delivery", md.NumDelivered, "event_id", header[HeaderEventID])
+	ev := &event{
+		topic: strings.TrimPrefix(m.Subject(), s.cfg.subjectPrefix+"."),
+		msg:   &broker.Message{Header: header, Body: m.Data()},
+		jsMsg: m,
+	}
+
+	// More deliveries than allowed without a handler result: the handler hung
+	// past AckWait or crashed the process each time. Stop the loop here.
+	if int(md.NumDelivered) > s.cfg.maxDeliver {
+		s.deadLetter(log, ev, md, fmt.Sprintf("delivered %d times without a handler result", md.NumDelivered))
+		return
+	}
+
+	s.b.stats.delivered.Add(1)
+	stop := keepInProgress(m, s.cfg.ackWait)
+	herr := s.handler(ev)
+	stop()
+
+	switch {
+	case herr == nil:
+		if s.opts.AutoAck {
+			if err := ev.Ack(); err != nil {
+				// The server redelivers after AckWait: at least once, not lost.
+				log.Warn("ack failed; message will be redelivered", "err", err)
+				return
+			}
+		}
+		if ev.isAcked() {
+			s.b.stats.acked.Add(1)
+		}
+	case ev.isAcked():
+		log.Warn("handler failed after acking; not redelivered", "err", herr)
+	case int(md.NumDelivered) >= s.cfg.maxDeliver:
+		ev.err = herr
+		s.deadLetter(log, ev, md, herr.Error())
+	default:
+		ev.err = herr
+		delay := s.cfg.backoffFor(md.NumDelivered)
+		log.Warn("handler failed; redelivering", "err", herr, "delay", delay)
+		if err := m.NakWithDelay(delay); err != nil {
+			log.Warn("nak failed; message will be redelivered after ack wait", "err", err)
+		}
+		s.b.stats.retried.Add(1)
+	}
+}
+
+// keepInProgress tells the server the handler is still working, so a slow
+// handler does not get its message redelivered to another replica.
+func keepInProgress(m jetstream.Msg, ackWait time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(ackWait / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// deadLetter stores the message with the reason on the dead-letter subject
+// and terminates it; if that publish fails the message stays for a retry.
+func (s *subscriber) deadLetter(log *slog.Logger, ev *event, md *jetstream.MsgMetadata, reason string) {
+	dl := nats.NewMsg(s.cfg.deadLetterPrefix + "." + ev.topic)
+	dl.Data = ev.msg.Body
+	for k, v := range ev.msg.Header {
+		if strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		dl.Header.Set(k, v)
+	}
+	dl.Header.Set(HeaderDeadLetterReason, headerValue(reason))
+	dl.Header.Set(HeaderDeadLetterTopic, ev.topic)
+	dl.Header.Set(HeaderDeadLetterConsumer, s.consumer)
+	dl.Header.Set(HeaderDeadLetterDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	dl.Header.Set(HeaderDeadLetterStreamSeq, strconv.FormatUint(md.Sequence.Stream, 10))
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.publishTimeout)
+	defer cancel()
+	// One dead letter per consumer and message, even if this is retried.
+	id := fmt.Sprintf("%s:%s:%d", s.cfg.stream, s.consumer, md.Sequence.Stream)
+	if _, err := s.js.PublishMsg(ctx, dl, jetstream.WithMsgID(id)); err != nil {
+		s.b.stats.deadLetterErrs.Add(1)
+		log.Error("dead-letter publish failed; message kept for retry", "err", err, "reason", reason)
+		_ = ev.jsMsg.NakWithDelay(s.cfg.backoffFor(md.NumDelivered))
+		return
+	}
+	if err := ev.jsMsg.Term(); err != nil {
+		log.Warn("terminate dead-lettered message", "err", err)
+	}
+	s.b.stats.deadLettered.Add(1)
+	log.Error("message dead-lettered", "reason", reason, "subject", dl.Subject)
+}
+
+// headerValue keeps an error text valid as a NATS header value (one line,
+// bounded length).
+func headerValue(s string) string {
+	s = strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
+	const max = 1024
+	if len(s) > max {
+		s = strings.ToValidUTF8(s[:max], "")
+	}
+	return s
+}
