@@ -1,0 +1,279 @@
+package main
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// minSecretLen is the shortest JWT_SECRET accepted: HS256 needs at least a
+// 256-bit key to keep its security margin (RFC 7518, section 3.2).
+const minSecretLen = 32
+
+// Store drivers.
+const (
+	driverPostgres = "postgres"
+	driverSQLite   = "sqlite"
+)
+
+// Event codecs (EVENTS_CODEC).
+const (
+	codecProto = "proto"
+	codecJSON  = "json"
+)
+
+// Config is everything the user-service reads from its environment, read and
+// validated once at start-up. go-micro's own MICRO_* variables are not here:
+// go-micro reads them itself (see internal/microenv).
+type Config struct {
+	// Driver is driverPostgres when a database server is configured,
+	// driverSQLite otherwise.
+	Driver string
+	// DSN is the PostgreSQL connection string or the SQLite file path.
+	DSN string
+	// StoreDescription names the store for logs; it never holds a password.
+	StoreDescription string
+
+	JWTSecret []byte
+	// JWTSecretGenerated is true when no secret was configured and one was
+	// generated for this run (embedded store only): tokens die with the process.
+	JWTSecretGenerated bool
+	JWTTTL             time.Duration
+
+	BcryptCost  int
+	EventsCodec string
+
+	AuthMaxFailures   int
+	AuthFailureWindow time.Duration
+
+	LogLevel slog.Level
+}
+
+// Defaults.
+const (
+	defaultSQLitePath        = "shippy-users.db"
+	defaultDBPort            = "5432"
+	defaultJWTTTL            = 72 * time.Hour
+	defaultBcryptCost        = bcrypt.DefaultCost
+	defaultAuthMaxFailures   = 5
+	defaultAuthFailureWindow = time.Minute
+)
+
+// loadConfig reads the configuration through getenv (os.Getenv outside
+// tests). Every error names the variable that is wrong.
+func loadConfig(getenv func(string) string) (Config, error) {
+	cfg := Config{
+		JWTTTL:            defaultJWTTTL,
+		BcryptCost:        defaultBcryptCost,
+		EventsCodec:       codecProto,
+		AuthMaxFailures:   defaultAuthMaxFailures,
+		AuthFailureWindow: defaultAuthFailureWindow,
+		LogLevel:          slog.LevelInfo,
+	}
+	get := func(name string) string { return strings.TrimSpace(getenv(name)) }
+
+	if err := loadStore(&cfg, get, getenv); err != nil {
+		return Config{}, err
+	}
+	if err := loadSecret(&cfg, getenv); err != nil {
+		return Config{}, err
+	}
+
+	var err error
+	if v := get("JWT_TTL"); v != "" {
+		if cfg.JWTTTL, err = positiveDuration("JWT_TTL", v); err != nil {
+			return Config{}, err
+		}
+	}
+	if v := get("BCRYPT_COST"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < bcrypt.MinCost || n > bcrypt.MaxCost {
+			return Config{}, fmt.Errorf("BCRYPT_COST=%q: want an integer from %d to %d", v, bcrypt.MinCost, bcrypt.MaxCost)
+		}
+		cfg.BcryptCost = n
+	}
+	if v := get("EVENTS_CODEC"); v != "" {
+		if v != codecProto && v != codecJSON {
+			return Config{}, fmt.Errorf("EVENTS_CODEC=%q: want %q or %q", v, codecProto, codecJSON)
+		}
+		cfg.EventsCodec = v
+	}
+	if v := get("AUTH_MAX_FAILURES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return Config{}, fmt.Errorf("AUTH_MAX_FAILURES=%q: want a positive integer", v)
+		}
+		cfg.AuthMaxFailures = n
+	}
+	if v := get("AUTH_FAILURE_WINDOW"); v != "" {
+		if cfg.AuthFailureWindow, err = positiveDuration("AUTH_FAILURE_WINDOW", v); err != nil {
+			return Config{}, err
+		}
+	}
+	if v := get("LOG_LEVEL"); v != "" {
+		switch strings.ToLower(v) {
+		case "debug":
+			cfg.LogLevel = slog.LevelDebug
+		case "info":
+			cfg.LogLevel = slog.LevelInfo
+		case "warn":
+			cfg.LogLevel = slog.LevelWarn
+		case "error":
+			cfg.LogLevel = slog.LevelError
+		default:
+			return Config{}, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", v)
+		}
+	}
+	return cfg, nil
+}
+
+// dbVars are the tutorial's variables for a PostgreSQL server.
+var dbVars = []string{"DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_PASS", "DB_NAME", "DB_SSLMODE"}
+
+var sslModes = map[string]bool{
+	"disable": true, "allow": true, "prefer": true, "require": true, "verify-ca": true, "verify-full": true,
+}
+
+func loadStore(cfg *Config, get, raw func(string) string) error {
+	var setDBVars []string
+	for _, v := range dbVars {
+		if get(v) != "" {
+			setDBVars = append(setDBVars, v)
+		}
+	}
+	dsn := get("DATABASE_URL")
+	switch {
+	case dsn != "" && len(setDBVars) > 0:
+		// Two sources of truth would leave a reader guessing which one won.
+		return fmt.Errorf("DATABASE_URL and %s are both set: configure the database one way", strings.Join(setDBVars, ", "))
+	case dsn != "":
+		pc, err := pgconn.ParseConfig(dsn)
+		if err != nil {
+			// pgconn's message may quote the URL, password included.
+			return errors.New("DATABASE_URL: not a valid PostgreSQL connection string")
+		}
+		cfg.Driver, cfg.DSN = driverPostgres, dsn
+		cfg.StoreDescription = describePostgres(pc.Host, pc.Port, pc.Database, pc.User)
+		return nil
+	case len(setDBVars) > 0:
+		return loadDBVars(cfg, get, raw)
+	default:
+		cfg.Driver = driverSQLite
+		cfg.DSN = get("SQLITE_PATH")
+		if cfg.DSN == "" {
+			cfg.DSN = defaultSQLitePath
+		}
+		cfg.StoreDescription = "sqlite " + cfg.DSN
+		return nil
+	}
+}
+
+func loadDBVars(cfg *Config, get, raw func(string) string) error {
+	host := get("DB_HOST")
+	if host == "" {
+		return errors.New("DB_HOST is required when any DB_* variable is set")
+	}
+	port := get("DB_PORT")
+	if port == "" {
+		port = defaultDBPort
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("DB_PORT=%q: want a port number from 1 to 65535", port)
+	}
+	// Passwords are taken as given: spaces may be part of them.
+	pass := getenvFirst(raw, "DB_PASSWORD", "DB_PASS")
+	if raw("DB_PASSWORD") != "" && raw("DB_PASS") != "" && raw("DB_PASSWORD") != raw("DB_PASS") {
+		return errors.New("DB_PASSWORD and DB_PASS are both set and differ: set one")
+	}
+	u := &url.URL{Scheme: "postgres", Host: net.JoinHostPort(host, port), Path: "/" + get("DB_NAME")}
+	switch user := get("DB_USER"); {
+	case user != "" && pass != "":
+		u.User = url.UserPassword(user, pass)
+	case user != "":
+		u.User = url.User(user)
+	case pass != "":
+		return errors.New("DB_PASSWORD is set but DB_USER is not")
+	}
+	q := url.Values{}
+	if mode := get("DB_SSLMODE"); mode != "" {
+		if !sslModes[mode] {
+			return fmt.Errorf("DB_SSLMODE=%q: want disable, allow, prefer, require, verify-ca or verify-full", mode)
+		}
+		q.Set("sslmode", mode)
+	}
+	u.RawQuery = q.Encode()
+	if _, err := pgconn.ParseConfig(u.String()); err != nil {
+		return errors.New("DB_HOST, DB_PORT, DB_USER, DB_NAME: do not form a valid PostgreSQL connection string")
+	}
+	cfg.Driver, cfg.DSN = driverPostgres, u.String()
+	p, _ := strconv.Atoi(port)
+	cfg.StoreDescription = describePostgres(host, uint16(p), get("DB_NAME"), get("DB_USER"))
+	return nil
+}
+
+func describePostgres(host string, port uint16, db, user string) string {
+	return fmt.Sprintf("postgres host=%s port=%d database=%s user=%s", host, port, db, user)
+}
+
+func loadSecret(cfg *Config, getenv func(string) string) error {
+	secret, file := getenv("JWT_SECRET"), strings.TrimSpace(getenv("JWT_SECRET_FILE"))
+	switch {
+	case secret != "" && file != "":
+		return errors.New("JWT_SECRET and JWT_SECRET_FILE are both set: set one")
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("JWT_SECRET_FILE: read secret: %w", err)
+		}
+		// Files written by editors and `echo` end in a newline that is not
+		// part of the secret.
+		secret = strings.TrimRight(string(b), "\r\n")
+		if len(secret) < minSecretLen {
+			return fmt.Errorf("JWT_SECRET_FILE: the secret in %s is %d bytes; at least %d are required", file, len(secret), minSecretLen)
+		}
+	case secret != "":
+		if len(secret) < minSecretLen {
+			return fmt.Errorf("JWT_SECRET is %d bytes; at least %d are required (e.g. `openssl rand -base64 48`)", len(secret), minSecretLen)
+		}
+	case cfg.Driver == driverPostgres:
+		// Replicas sharing a database must share the secret, so it cannot
+		// be made up per process.
+		return errors.New("JWT_SECRET (or JWT_SECRET_FILE) is required when a database server is configured")
+	default:
+		b := make([]byte, 48)
+		if _, err := rand.Read(b); err != nil {
+			return fmt.Errorf("JWT_SECRET: generate a secret: %w", err)
+		}
+		cfg.JWTSecret, cfg.JWTSecretGenerated = b, true
+		return nil
+	}
+	cfg.JWTSecret = []byte(secret)
+	return nil
+}
+
+func positiveDuration(name, v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%q: want a positive duration such as 90s, 15m or 72h", name, v)
+	}
+	return d, nil
+}
+
+func getenvFirst(get func(string) string, names ...string) string {
+	for _, n := range names {
+		if v := get(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/mail"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	merrors "go-micro.dev/v6/errors"
+
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+// serviceName is the go-micro name of the user-service and the id of every
+// error it returns.
+const serviceName = "go.micro.srv.user"
+
+// Input limits.
+const (
+	maxNameChars     = 100
+	maxCompanyChars  = 100
+	maxEmailBytes    = 254 // RFC 5321 path limit
+	minPasswordBytes = 8
+)
+
+// userStore is the persistence the handler needs.
+type userStore interface {
+	Create(ctx context.Context, u *User) error
+	Get(ctx context.Context, id string) (*User, error)
+	GetByEmail(ctx context.Context, email string) (*User, error)
+	List(ctx context.Context) ([]User, error)
+}
+
+// passwordHasher hides bcrypt so tests can count its work.
+type passwordHasher interface {
+	Hash(password []byte) ([]byte, error)
+	Compare(hash, password []byte) error
+}
+
+// eventPublisher publishes user.created. It is the seam for a transactional
+// outbox: today it publishes straight to the broker after the insert.
+type eventPublisher interface {
+	Publish(ctx context.Context, ev *pb.UserCreated) error
+}
+
+// publishTimeout bounds a publish so a stuck broker cannot hold Create.
+const publishTimeout = 5 * time.Second
+
+// handler implements pb.UserServiceHandler.
+type handler struct {
+	store     userStore
+	hasher    passwordHasher
+	tokens    *tokenService
+	publisher eventPublisher
+	limiter   *authLimiter
+	log       *slog.Logger
+	now       func() time.Time
+
+	// dummyHash is compared against when an email is unknown, so that Auth
+	// spends the same bcrypt time whether or not the account exists.
+	dummyHash []byte
+
+	publishFailures atomic.Int64
+}
+
+func newHandler(store userStore, hasher passwordHasher, tokens *tokenService, publisher eventPublisher, limiter *authLimiter, log *slog.Logger) (*handler, error) {
+	dummy, err := hasher.Hash([]byte("shippy dummy password for timing"))
+	if err != nil {
+		return nil, fmt.Errorf("compute dummy hash: %w", err)
+	}
+	return &handler{
+		store: store, hasher: hasher, tokens: tokens, publisher: publisher, limiter: limiter,
+		log: log, now: time.Now, dummyHash: dummy,
+	}, nil
+}
+
+var _ pb.UserServiceHandler = (*handler)(nil)
+
+func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) error {
+	// Everything is checked before bcrypt runs, so oversized input costs
+	// no hashing work.
+	if err := validateNewUser(req); err != nil {
+		return merrors.BadRequest(serviceName, "%s", err.Error())
+	}
+	hash, err := h.hasher.Hash([]byte(req.Password))
+	if err != nil {
+		return h.internal(ctx, "hash password", err)
+	}
+	u := &User{
+		ID:           uuid.NewString(),
+		Name:         req.Name,
+		Company:      req.Company,
+		Email:        normalizeEmail(req.Email),
+		PasswordHash: string(hash),
+		// PostgreSQL keeps microseconds; truncating keeps the event's time
+		// equal to the stored one.
+		CreatedAt: h.now().UTC().Truncate(time.Microsecond),
+	}
+	if err := h.store.Create(ctx, u); err != nil {
+		if errors.Is(err, errEmailTaken) {
+			return merrors.Conflict(serviceName, "a user with this email already exists")
+		}
+		return h.internal(ctx, "create user", err)
+	}
+	token, err := h.tokens.Encode(u)
+	if err != nil {
+		return h.internal(ctx, "sign token", err)
+	}
+
+	ev := &pb.UserCreated{
+		EventId:         uuid.NewString(),
+		UserId:          u.ID,
+		Name:            u.Name,
+		Company:         u.Company,
+		Email:           u.Email,
+		CreatedAtUnixMs: u.CreatedAt.UnixMilli(),
+	}
+	h.log.InfoContext(ctx, "user created", "user_id", u.ID, "event_id", ev.EventId)
+	h.publish(ctx, ev)
+
+	res.User = toProto(u)
+	res.Token = &pb.Token{Token: token, Valid: true}
+	return nil
+}
+
+// publish sends ev. The user exists already, so a failure does not fail
+// Create: it is logged and counted (lossless delivery is the outbox's job).
+func (h *handler) publish(ctx context.Context, ev *pb.UserCreated) {
+	// The caller may hang up once its user is stored; the event still goes.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	if err := h.publisher.Publish(ctx, ev); err != nil {
+		failed := h.publishFailures.Add(1)
+		h.log.ErrorContext(ctx, "publish user.created failed",
+			"event_id", ev.EventId, "user_id", ev.UserId, "failed_total", failed, "err", err)
+		return
+	}
+	h.log.InfoContext(ctx, "published user.created", "event_id", ev.EventId, "user_id", ev.UserId)
+}
+
+func (h *handler) Get(ctx context.Context, req *pb.User, res *pb.Response) error {
+	if req.Id == "" {
+		return merrors.BadRequest(serviceName, "id is required")
+	}
+	if _, err := uuid.Parse(req.Id); err != nil {
+		return merrors.BadRequest(serviceName, "id must be a user id (a UUID)")
+	}
+	u, err := h.store.Get(ctx, req.Id)
+	if err != nil {
+		if errors.Is(err, errUserNotFound) {
+			return merrors.NotFound(serviceName, "no user with id %s", req.Id)
+		}
+		return h.internal(ctx, "get user", err)
+	}
+	res.User = toProto(u)
+	return nil
+}
+
+func (h *handler) GetAll(ctx context.Context, _ *pb.Request, res *pb.Response) error {
+	users, err := h.store.List(ctx)
+	if err != nil {
+		return h.internal(ctx, "list users", err)
+	}
+	res.Users = make([]*pb.User, 0, len(users))
+	for i := range users {
+		res.Users = append(res.Users, toProto(&users[i]))
+	}
+	return nil
+}
+
+// errBadCredentials is Auth's one answer for an unknown email and a wrong
+// password alike, so a caller cannot tell which accounts exist.
+func errBadCredentials() error {
+	return merrors.Unauthorized(serviceName, "invalid email or password")
+}
+
+func (h *handler) Auth(ctx context.Context, req *pb.User, res *pb.Token) error {
+	email := normalizeEmail(req.Email)
+	// Inputs no account can have are refused before any work.
+	if email == "" || len(email) > maxEmailBytes || len(req.Password) == 0 || len(req.Password) > maxPasswordBytes {
+		return errBadCredentials()
+	}
+	if ok, wait := h.limiter.Allow(email); !ok {
+		h.log.WarnContext(ctx, "auth refused: too many attempts", "retry_after_s", seconds(wait))
+		return merrors.New(serviceName, fmt.Sprintf("too many attempts for this email: try again in %ds", seconds(wait)), 429)
+	}
+
+	u, err := h.store.GetByEmail(ctx, email)
+	switch {
+	case errors.Is(err, errUserNotFound):
+		// Same bcrypt work as a wrong password, so timing reveals nothing.
+		_ = h.hasher.Compare(h.dummyHash, []byte(req.Password))
+		h.limiter.Fail(email)
+		h.log.InfoContext(ctx, "auth failed")
+		return errBadCredentials()
+	case err != nil:
+		return h.internal(ctx, "auth: look up user", err)
+	}
+	if err := h.hasher.Compare([]byte(u.PasswordHash), []byte(req.Password)); err != nil {
+		h.limiter.Fail(email)
+		h.log.InfoContext(ctx, "auth failed", "user_id", u.ID)
+		return errBadCredentials()
+	}
+	h.limiter.Reset(email)
+
+	token, err := h.tokens.Encode(u)
+	if err != nil {
+		return h.internal(ctx, "sign token", err)
+	}
+	h.log.InfoContext(ctx, "auth succeeded", "user_id", u.ID)
+	res.Token = token
+	res.Valid = true
+	return nil
+}
+
+func (h *handler) ValidateToken(ctx context.Context, req *pb.Token, res *pb.Token) error {
+	res.Valid = false
+	if req.Token == "" {
+		return merrors.Unauthorized(serviceName, "token is required")
+	}
+	claims, err := h.tokens.Decode(req.Token)
+	if err != nil {
+		h.log.DebugContext(ctx, "token rejected", "err", err)
+		return merrors.Unauthorized(serviceName, "invalid token")
+	}
+	res.Token = req.Token
+	res.Valid = true
+	h.log.DebugContext(ctx, "token valid", "user_id", claims.Subject)
+	return nil
+}
+
+// internal logs err with what failed and returns a 500 that says nothing
+// about the internals.
+func (h *handler) internal(ctx context.Context, what string, err error) error {
+	h.log.ErrorContext(ctx, what, "err", err)
+	return merrors.InternalServerError(serviceName, "internal error; try again later")
+}
+
+func toProto(u *User) *pb.User {
+	return &pb.User{Id: u.ID, Name: u.Name, Company: u.Company, Email: u.Email}
+}
+
+func seconds(d time.Duration) int {
+	return int(math.Ceil(d.Seconds()))
+}
+
+// validateNewUser checks a Create request. The messages are shown to the
+// caller.
+func validateNewUser(u *pb.User) error {
+	if err := checkText("name", u.Name, maxNameChars); err != nil {
+		return err
+	}
+	if strings.TrimSpace(u.Name) == "" {
+		return errors.New("name is required")
+	}
+	if err := checkText("company", u.Company, maxCompanyChars); err != nil {
+		return err
+	}
+	if err := validateEmail(u.Email); err != nil {
+		return err
+	}
+	switch n := len(u.Password); {
+	case n < minPasswordBytes:
+		return fmt.Errorf("password must be at least %d bytes", minPasswordBytes)
+	case n > maxPasswordBytes:
+		return fmt.Errorf("password must be at most %d bytes (the bcrypt limit)", maxPasswordBytes)
+	}
+	return nil
+}
+
+// checkText rejects invalid UTF-8, control characters (newlines, escapes,
+// NUL) and values over max characters. The size is checked first so an
+// oversized value is not scanned.
+func checkText(field, s string, max int) error {
+	if len(s) > max*utf8.UTFMax || utf8.RuneCountInString(s) > max {
+		return fmt.Errorf("%s must be at most %d characters", field, max)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%s must be valid UTF-8", field)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%s must not contain control characters", field)
+		}
+	}
+	return nil
+}
+
+func validateEmail(raw string) error {
+	email := strings.TrimSpace(raw)
+	if email == "" {
+		return errors.New("email is required")
+	}
+	if len(email) > maxEmailBytes {
+		return fmt.Errorf("email must be at most %d bytes", maxEmailBytes)
+	}
+	if err := checkText("email", email, maxEmailBytes); err != nil {
+		return err
+	}
+	addr, err := mail.ParseAddress(email)
+	// A bare address only: "Bob <bob@example.com>" parses but is not one.
+	if err != nil || addr.Name != "" || addr.Address != email {
+		return errors.New("email must be a valid address such as ada@example.com")
+	}
+	return nil
+}

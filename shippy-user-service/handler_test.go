@@ -1,0 +1,551 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	merrors "go-micro.dev/v6/errors"
+	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+// fakeStore is an in-memory userStore with the database's unique email rule.
+type fakeStore struct {
+	mu    sync.Mutex
+	users []User
+	err   error // returned by every method when set
+}
+
+func (s *fakeStore) Create(_ context.Context, u *User) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	for _, x := range s.users {
+		if x.Email == u.Email {
+			return fmt.Errorf("create user: %w", errEmailTaken)
+		}
+	}
+	s.users = append(s.users, *u)
+	return nil
+}
+
+func (s *fakeStore) Get(_ context.Context, id string) (*User, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	for _, x := range s.users {
+		if x.ID == id {
+			return &x, nil
+		}
+	}
+	return nil, errUserNotFound
+}
+
+func (s *fakeStore) GetByEmail(_ context.Context, email string) (*User, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	for _, x := range s.users {
+		if x.Email == normalizeEmail(email) {
+			return &x, nil
+		}
+	}
+	return nil, errUserNotFound
+}
+
+func (s *fakeStore) List(context.Context) ([]User, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	return append([]User(nil), s.users...), nil
+}
+
+// countingHasher is bcrypt at its lowest cost, counting the work done.
+type countingHasher struct {
+	hashes, compares atomic.Int64
+}
+
+func (h *countingHasher) Hash(p []byte) ([]byte, error) {
+	h.hashes.Add(1)
+	return bcrypt.GenerateFromPassword(p, bcrypt.MinCost)
+}
+
+func (h *countingHasher) Compare(hash, p []byte) error {
+	h.compares.Add(1)
+	return bcrypt.CompareHashAndPassword(hash, p)
+}
+
+type fakePublisher struct {
+	mu     sync.Mutex
+	events []*pb.UserCreated
+	err    error
+}
+
+func (p *fakePublisher) Publish(_ context.Context, ev *pb.UserCreated) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	p.events = append(p.events, proto.Clone(ev).(*pb.UserCreated))
+	return nil
+}
+
+// fakeClock is a settable clock for the limiter.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// syncBuffer collects log output from concurrent goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+type testHandler struct {
+	*handler
+	store  *fakeStore
+	hasher *countingHasher
+	pub    *fakePublisher
+	clock  *fakeClock
+	logs   *syncBuffer
+}
+
+const testSecret = "0123456789abcdef0123456789abcdef-test"
+
+func newTestHandler(t *testing.T) *testHandler {
+	t.Helper()
+	th := &testHandler{
+		store:  &fakeStore{},
+		hasher: &countingHasher{},
+		pub:    &fakePublisher{},
+		clock:  &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+		logs:   &syncBuffer{},
+	}
+	log := slog.New(slog.NewJSONHandler(th.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h, err := newHandler(th.store, th.hasher, newTokenService([]byte(testSecret), time.Hour), th.pub,
+		newAuthLimiter(5, time.Minute, th.clock.Now), log)
+	if err != nil {
+		t.Fatalf("newHandler: %v", err)
+	}
+	th.handler = h
+	// Only count the work requests cause, not the dummy hash.
+	th.hasher.hashes.Store(0)
+	return th
+}
+
+func (th *testHandler) create(t *testing.T, name, email, password string) *pb.Response {
+	t.Helper()
+	res := &pb.Response{}
+	if err := th.Create(context.Background(), &pb.User{Name: name, Company: "Acme", Email: email, Password: password}, res); err != nil {
+		t.Fatalf("Create(%q) = %v; want nil", email, err)
+	}
+	return res
+}
+
+func code(err error) int32 {
+	if err == nil {
+		return 0
+	}
+	var me *merrors.Error
+	if errors.As(err, &me) {
+		return me.Code
+	}
+	return -1
+}
+
+var hashPattern = regexp.MustCompile(`\$2[aby]\$`)
+
+func TestCreateValidation(t *testing.T) {
+	valid := pb.User{Name: "Ada", Company: "Acme", Email: "ada@example.com", Password: "password"}
+	with := func(f func(u *pb.User)) *pb.User {
+		u := proto.Clone(&valid).(*pb.User)
+		f(u)
+		return u
+	}
+	tests := []struct {
+		name     string
+		req      *pb.User
+		wantCode int32
+	}{
+		{"valid", with(func(*pb.User) {}), 0},
+		{"password 7 bytes", with(func(u *pb.User) { u.Password = strings.Repeat("p", 7) }), 400},
+		{"password 8 bytes", with(func(u *pb.User) { u.Password = strings.Repeat("p", 8) }), 0},
+		{"password 72 bytes", with(func(u *pb.User) { u.Password = strings.Repeat("p", 72) }), 0},
+		{"password 73 bytes", with(func(u *pb.User) { u.Password = strings.Repeat("p", 73) }), 400},
+		{"password 72 bytes multibyte", with(func(u *pb.User) { u.Password = strings.Repeat("é", 36) }), 0},
+		{"password 74 bytes multibyte", with(func(u *pb.User) { u.Password = strings.Repeat("é", 37) }), 400},
+		{"password huge", with(func(u *pb.User) { u.Password = strings.Repeat("p", 1<<20) }), 400},
+		{"name missing", with(func(u *pb.User) { u.Name = "" }), 400},
+		{"name blank", with(func(u *pb.User) { u.Name = "   " }), 400},
+		{"name 100 chars", with(func(u *pb.User) { u.Name = strings.Repeat("n", 100) }), 0},
+		{"name 100 multibyte chars", with(func(u *pb.User) { u.Name = strings.Repeat("ü", 100) }), 0},
+		{"name 101 chars", with(func(u *pb.User) { u.Name = strings.Repeat("n", 101) }), 400},
+		{"name huge", with(func(u *pb.User) { u.Name = strings.Repeat("n", 1<<20) }), 400},
+		{"name newline", with(func(u *pb.User) { u.Name = "Ada\nLovelace" }), 400},
+		{"name NUL", with(func(u *pb.User) { u.Name = "Ada\x00" }), 400},
+		{"name escape", with(func(u *pb.User) { u.Name = "Ada\x1b[31m" }), 400},
+		{"name DEL", with(func(u *pb.User) { u.Name = "Ada\x7f" }), 400},
+		{"name C1 control", with(func(u *pb.User) { u.Name = "Ada\u0085" }), 400},
+		{"name invalid UTF-8", with(func(u *pb.User) { u.Name = "Ada\xff" }), 400},
+		{"company empty", with(func(u *pb.User) { u.Company = "" }), 0},
+		{"company 100 chars", with(func(u *pb.User) { u.Company = strings.Repeat("c", 100) }), 0},
+		{"company 101 chars", with(func(u *pb.User) { u.Company = strings.Repeat("c", 101) }), 400},
+		{"company tab", with(func(u *pb.User) { u.Company = "Ac\tme" }), 400},
+		{"email missing", with(func(u *pb.User) { u.Email = "" }), 400},
+		{"email no at", with(func(u *pb.User) { u.Email = "ada.example.com" }), 400},
+		{"email display name", with(func(u *pb.User) { u.Email = "Ada <ada@example.com>" }), 400},
+		{"email two addresses", with(func(u *pb.User) { u.Email = "ada@example.com, bob@example.com" }), 400},
+		{"email newline", with(func(u *pb.User) { u.Email = "ada@example.com\nBcc: x@y.z" }), 400},
+		{"email 254 bytes", with(func(u *pb.User) { u.Email = strings.Repeat("a", 64) + "@" + strings.Repeat("b", 185) + ".com" }), 0},
+		{"email 255 bytes", with(func(u *pb.User) { u.Email = strings.Repeat("a", 64) + "@" + strings.Repeat("b", 186) + ".com" }), 400},
+		{"email surrounding spaces", with(func(u *pb.User) { u.Email = "  ada@example.com " }), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			th := newTestHandler(t)
+			err := th.Create(context.Background(), tt.req, &pb.Response{})
+			if got := code(err); got != tt.wantCode {
+				t.Fatalf("Create(%q) = %v (code %d); want code %d", tt.name, err, got, tt.wantCode)
+			}
+			if tt.wantCode != 0 {
+				if n := th.hasher.hashes.Load(); n != 0 {
+					t.Errorf("Create(%q) hashed %d times; want no bcrypt work for an invalid request", tt.name, n)
+				}
+				if len(th.store.users) != 0 {
+					t.Errorf("Create(%q) stored %d users; want none", tt.name, len(th.store.users))
+				}
+			}
+		})
+	}
+}
+
+func TestCreateReturnsUserWithoutPasswordAndPublishes(t *testing.T) {
+	th := newTestHandler(t)
+	const name = "'); DROP TABLE users;--"
+	res := th.create(t, name, "  Ada@Example.COM ", "correct horse")
+
+	if res.User.GetId() == "" || res.User.Name != name || res.User.Email != "ada@example.com" || res.User.Company != "Acme" {
+		t.Errorf("Create user = %v; want id set, name verbatim, email lower-cased and trimmed", res.User)
+	}
+	if res.User.Password != "" {
+		t.Errorf("Create returned password %q; want empty", res.User.Password)
+	}
+	if !res.Token.GetValid() || res.Token.GetToken() == "" {
+		t.Errorf("Create token = %v; want a valid token", res.Token)
+	}
+	claims, err := th.tokens.Decode(res.Token.Token)
+	if err != nil || claims.Subject != res.User.Id {
+		t.Errorf("Create token decodes to %v, %v; want subject %s", claims, err, res.User.Id)
+	}
+	if len(th.pub.events) != 1 {
+		t.Fatalf("Create published %d events; want 1", len(th.pub.events))
+	}
+	ev := th.pub.events[0]
+	if ev.EventId == "" || ev.UserId != res.User.Id || ev.Name != name || ev.Email != "ada@example.com" || ev.Company != "Acme" || ev.CreatedAtUnixMs == 0 {
+		t.Errorf("event = %v; want ids, name, company, email and time of the new user", ev)
+	}
+	if !strings.Contains(th.logs.String(), ev.EventId) || !strings.Contains(th.logs.String(), ev.UserId) {
+		t.Errorf("logs do not name event_id %s and user_id %s:\n%s", ev.EventId, ev.UserId, th.logs)
+	}
+	// The stored row keeps the name verbatim and holds a hash, not the password.
+	stored := th.store.users[0]
+	if stored.Name != name || stored.PasswordHash == "correct horse" || !hashPattern.MatchString(stored.PasswordHash) {
+		t.Errorf("stored user name %q hash %q; want verbatim name and a bcrypt hash", stored.Name, stored.PasswordHash)
+	}
+}
+
+func TestCreateDuplicateEmailConflict(t *testing.T) {
+	th := newTestHandler(t)
+	th.create(t, "Ada", "ada@example.com", "password1")
+	err := th.Create(context.Background(), &pb.User{Name: "Imposter", Email: "ADA@example.COM", Password: "password2"}, &pb.Response{})
+	if code(err) != 409 {
+		t.Fatalf("Create(duplicate in other case) = %v; want 409 Conflict", err)
+	}
+	if len(th.pub.events) != 1 {
+		t.Errorf("published %d events; want 1 (none for the refused duplicate)", len(th.pub.events))
+	}
+}
+
+func TestCreatePublishFailureDoesNotFailCreate(t *testing.T) {
+	th := newTestHandler(t)
+	th.pub.err = errors.New("broker down")
+	th.create(t, "Ada", "ada@example.com", "password1")
+	th.create(t, "Bob", "bob@example.com", "password2")
+	if got := th.publishFailures.Load(); got != 2 {
+		t.Errorf("publishFailures = %d; want 2", got)
+	}
+	logs := th.logs.String()
+	if !strings.Contains(logs, `"failed_total":2`) || !strings.Contains(logs, `"event_id"`) || !strings.Contains(logs, "broker down") {
+		t.Errorf("logs lack the failed publish with event_id and failed_total:\n%s", logs)
+	}
+}
+
+func TestStoreErrorsAreHidden(t *testing.T) {
+	th := newTestHandler(t)
+	th.create(t, "Ada", "ada@example.com", "password1")
+	th.store.err = errors.New(`pq: relation "users" does not exist SELECT * FROM users`)
+	calls := map[string]error{
+		"Create": th.Create(context.Background(), &pb.User{Name: "B", Email: "b@example.com", Password: "password1"}, &pb.Response{}),
+		"Get":    th.Get(context.Background(), &pb.User{Id: th.store.users[0].ID}, &pb.Response{}),
+		"GetAll": th.GetAll(context.Background(), &pb.Request{}, &pb.Response{}),
+		"Auth":   th.Auth(context.Background(), &pb.User{Email: "ada@example.com", Password: "password1"}, &pb.Token{}),
+	}
+	for name, err := range calls {
+		if code(err) != 500 || strings.Contains(err.Error(), "SELECT") || strings.Contains(err.Error(), "relation") {
+			t.Errorf("%s with a failing store = %v; want 500 without SQL", name, err)
+		}
+	}
+}
+
+func TestGet(t *testing.T) {
+	th := newTestHandler(t)
+	created := th.create(t, "Ada", "ada@example.com", "password1")
+	tests := []struct {
+		id       string
+		wantCode int32
+	}{
+		{created.User.Id, 0},
+		{"00000000-0000-4000-8000-000000000000", 404},
+		{"", 400},
+		{"'; DROP TABLE users;--", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			res := &pb.Response{}
+			err := th.Get(context.Background(), &pb.User{Id: tt.id}, res)
+			if code(err) != tt.wantCode {
+				t.Fatalf("Get(%q) = %v; want code %d", tt.id, err, tt.wantCode)
+			}
+			if tt.wantCode == 0 && (res.User.Id != tt.id || res.User.Password != "") {
+				t.Errorf("Get(%q) = %v; want the user without password", tt.id, res.User)
+			}
+		})
+	}
+}
+
+func TestGetAll(t *testing.T) {
+	th := newTestHandler(t)
+	th.create(t, "Ada", "ada@example.com", "password1")
+	th.create(t, "Bob", "bob@example.com", "password2")
+	res := &pb.Response{}
+	if err := th.GetAll(context.Background(), &pb.Request{}, res); err != nil {
+		t.Fatalf("GetAll() = %v; want nil", err)
+	}
+	if len(res.Users) != 2 || res.Users[0].Email != "ada@example.com" || res.Users[1].Email != "bob@example.com" {
+		t.Errorf("GetAll() users = %v; want ada and bob", res.Users)
+	}
+}
+
+func TestAuth(t *testing.T) {
+	th := newTestHandler(t)
+	created := th.create(t, "Ada", "ada@example.com", "correct horse")
+
+	res := &pb.Token{}
+	if err := th.Auth(context.Background(), &pb.User{Email: " ADA@example.com", Password: "correct horse"}, res); err != nil {
+		t.Fatalf("Auth(right password) = %v; want nil", err)
+	}
+	claims, err := th.tokens.Decode(res.Token)
+	if err != nil || claims.Subject != created.User.Id || claims.Email != "ada@example.com" || claims.Name != "Ada" {
+		t.Errorf("Auth token claims = %+v, %v; want subject, name and email of Ada", claims, err)
+	}
+	if err := th.ValidateToken(context.Background(), &pb.Token{Token: res.Token}, &pb.Token{}); err != nil {
+		t.Errorf("ValidateToken(Auth's token) = %v; want nil", err)
+	}
+}
+
+// Unknown email and wrong password must be indistinguishable: same error,
+// same code, one bcrypt comparison each.
+func TestAuthFailuresLookTheSame(t *testing.T) {
+	th := newTestHandler(t)
+	th.create(t, "Ada", "ada@example.com", "correct horse")
+
+	var errs []error
+	for _, req := range []*pb.User{
+		{Email: "nobody@example.com", Password: "correct horse"},
+		{Email: "ada@example.com", Password: "wrong horse"},
+	} {
+		before := th.hasher.compares.Load()
+		err := th.Auth(context.Background(), req, &pb.Token{})
+		if n := th.hasher.compares.Load() - before; n != 1 {
+			t.Errorf("Auth(%q) did %d bcrypt comparisons; want 1", req.Email, n)
+		}
+		if code(err) != 401 {
+			t.Errorf("Auth(%q) = %v; want 401", req.Email, err)
+		}
+		errs = append(errs, err)
+	}
+	if errs[0].Error() != errs[1].Error() {
+		t.Errorf("Auth errors differ:\n unknown email:  %v\n wrong password: %v\nwant identical", errs[0], errs[1])
+	}
+}
+
+func TestAuthRejectsOversizedInputWithoutWork(t *testing.T) {
+	th := newTestHandler(t)
+	for _, req := range []*pb.User{
+		{Email: "", Password: "password1"},
+		{Email: "ada@example.com", Password: ""},
+		{Email: "ada@example.com", Password: strings.Repeat("p", 1<<20)},
+		{Email: strings.Repeat("a", 1<<20) + "@example.com", Password: "password1"},
+	} {
+		err := th.Auth(context.Background(), req, &pb.Token{})
+		if code(err) != 401 || err.Error() != errBadCredentials().Error() {
+			t.Errorf("Auth(len email %d, len password %d) = %v; want the usual 401", len(req.Email), len(req.Password), err)
+		}
+	}
+	if n := th.hasher.compares.Load(); n != 0 {
+		t.Errorf("bcrypt comparisons = %d; want 0", n)
+	}
+}
+
+func TestAuthLimiter(t *testing.T) {
+	th := newTestHandler(t)
+	th.create(t, "Ada", "ada@example.com", "correct horse")
+	auth := func(email, password string) error {
+		return th.Auth(context.Background(), &pb.User{Email: email, Password: password}, &pb.Token{})
+	}
+
+	for i := 1; i <= 5; i++ {
+		if err := auth("ada@example.com", "wrong"+fmt.Sprint(i)); code(err) != 401 {
+			t.Fatalf("failure %d: Auth = %v; want 401", i, err)
+		}
+		th.clock.Advance(time.Second)
+	}
+	compares := th.hasher.compares.Load()
+	// Refused even with the right password, in any case, without bcrypt work.
+	for _, email := range []string{"ada@example.com", "ADA@example.com"} {
+		err := auth(email, "correct horse")
+		if code(err) != 429 || !strings.Contains(err.Error(), "too many attempts") {
+			t.Fatalf("Auth(%q) after 5 failures = %v; want 429 too many attempts", email, err)
+		}
+	}
+	if n := th.hasher.compares.Load() - compares; n != 0 {
+		t.Errorf("refused attempts did %d bcrypt comparisons; want 0", n)
+	}
+	// Another account is not affected.
+	if err := auth("bob@example.com", "whatever1"); code(err) != 401 {
+		t.Errorf("Auth(other email) = %v; want 401", err)
+	}
+
+	// The first failure leaves the window after a minute.
+	th.clock.Advance(time.Minute - 5*time.Second)
+	if err := auth("ada@example.com", "correct horse"); err != nil {
+		t.Fatalf("Auth after the window = %v; want nil", err)
+	}
+	// Success clears the count: five more failures are needed to block.
+	for i := 1; i <= 4; i++ {
+		if err := auth("ada@example.com", "wrong"); code(err) != 401 {
+			t.Fatalf("failure %d after reset: Auth = %v; want 401", i, err)
+		}
+	}
+	if err := auth("ada@example.com", "correct horse"); err != nil {
+		t.Errorf("Auth after 4 failures = %v; want nil", err)
+	}
+}
+
+func TestValidateTokenRejects(t *testing.T) {
+	th := newTestHandler(t)
+	for _, tok := range []string{"", "garbage", "a.b.c"} {
+		res := &pb.Token{Valid: true}
+		err := th.ValidateToken(context.Background(), &pb.Token{Token: tok}, res)
+		if code(err) != 401 || res.Valid {
+			t.Errorf("ValidateToken(%q) = valid %v, %v; want valid false and 401", tok, res.Valid, err)
+		}
+	}
+}
+
+// No response, event or log line carries the password or a bcrypt hash.
+func TestNoSecretsLeave(t *testing.T) {
+	th := newTestHandler(t)
+	const password = "s3cret-pa55word"
+	ctx := context.Background()
+	var out []proto.Message
+
+	created := &pb.Response{}
+	if err := th.Create(ctx, &pb.User{Name: "Ada", Email: "ada@example.com", Password: password}, created); err != nil {
+		t.Fatalf("Create = %v", err)
+	}
+	got, all, tok, valid := &pb.Response{}, &pb.Response{}, &pb.Token{}, &pb.Token{}
+	_ = th.Get(ctx, &pb.User{Id: created.User.Id}, got)
+	_ = th.GetAll(ctx, &pb.Request{}, all)
+	_ = th.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password}, tok)
+	_ = th.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password + "x"}, &pb.Token{})
+	_ = th.ValidateToken(ctx, &pb.Token{Token: tok.Token}, valid)
+	out = append(out, created, got, all, tok, valid)
+	for _, ev := range th.pub.events {
+		out = append(out, ev)
+	}
+
+	var texts []string
+	for _, m := range out {
+		b, _ := protojson.Marshal(m)
+		texts = append(texts, string(b))
+	}
+	texts = append(texts, th.logs.String(), decodeJWTPayload(t, tok.Token), decodeJWTPayload(t, created.Token.Token))
+	for _, s := range texts {
+		if strings.Contains(s, password) || hashPattern.MatchString(s) {
+			t.Errorf("found the password or a bcrypt hash in: %s", s)
+		}
+	}
+}
+
+func TestLimiterSweepsExpiredEntries(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(0, 0)}
+	l := newAuthLimiter(5, time.Minute, clock.Now)
+	for i := 0; i < sweepAbove; i++ {
+		l.Fail(fmt.Sprint(i))
+	}
+	clock.Advance(2 * time.Minute)
+	l.Fail("last")
+	if n := len(l.failures); n != 1 {
+		t.Errorf("limiter holds %d emails after expiry; want 1", n)
+	}
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
