@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	pb "github.com/shippy/shippy/proto/user"
+	"go-micro.dev/v6"
+	"go-micro.dev/v6/server"
+)
+
+// Mailer sends the welcome email for one event.
+//
+// It is also the seam for idempotency (issue 4): a mailer that records sent
+// event ids wraps the real one, skips ids already sent and records an id only
+// after the wrapped Send succeeded, so the handler stays as it is.
+type Mailer interface {
+	Send(ctx context.Context, e WelcomeEmail) error
+}
+
+// errInvalidEvent marks events that can never be sent, whatever the retry.
+var errInvalidEvent = errors.New("invalid user.created event")
+
+// Handler turns user.created events into welcome emails.
+type Handler struct {
+	mailer Mailer
+	log    *slog.Logger
+}
+
+// NewHandler returns a Handler sending through mailer.
+func NewHandler(mailer Mailer, log *slog.Logger) *Handler {
+	return &Handler{mailer: mailer, log: log}
+}
+
+// Handle is the go-micro subscriber: go-micro has already decoded the
+// message with the codec named by its Content-Type. Errors are returned so
+// that the broker sees them (logged by core NATS, nak'ed by a durable broker).
+func (h *Handler) Handle(ctx context.Context, ev *pb.UserCreated) error {
+	if err := validate(ev); err != nil {
+		h.log.WarnContext(ctx, "rejected user.created event",
+			slog.String("event_id", ev.GetEventId()),
+			slog.String("user_id", ev.GetUserId()),
+			slog.Any("error", err))
+		return err
+	}
+	err := h.mailer.Send(ctx, WelcomeEmail{
+		EventID: ev.GetEventId(),
+		UserID:  ev.GetUserId(),
+		Name:    ev.GetName(),
+		Email:   ev.GetEmail(),
+	})
+	if err != nil {
+		h.log.ErrorContext(ctx, "welcome email failed",
+			slog.String("event_id", ev.GetEventId()),
+			slog.String("user_id", ev.GetUserId()),
+			slog.Any("error", err))
+		return fmt.Errorf("send welcome email for event %s: %w", ev.GetEventId(), err)
+	}
+	return nil
+}
+
+func validate(ev *pb.UserCreated) error {
+	var missing []string
+	for _, f := range []struct{ name, value string }{
+		{"event_id", ev.GetEventId()},
+		{"user_id", ev.GetUserId()},
+		{"name", ev.GetName()},
+		{"email", ev.GetEmail()},
+	} {
+		if f.value == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: missing %v", errInvalidEvent, missing)
+	}
+	return nil
+}
+
+// Subscribe registers h for user.created on srv in the queue group queue, so
+// that replicas sharing the queue handle each event once between them.
+func Subscribe(srv server.Server, h *Handler, queue string) error {
+	if err := micro.RegisterSubscriber(pb.TopicUserCreated, srv, h.Handle, server.SubscriberQueue(queue)); err != nil {
+		return fmt.Errorf("subscribe to %s: %w", pb.TopicUserCreated, err)
+	}
+	return nil
+}

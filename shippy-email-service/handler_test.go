@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+func validEvent() *pb.UserCreated {
+	return &pb.UserCreated{
+		EventId:         "ev-1",
+		UserId:          "user-1",
+		Name:            "Ewan Valentine",
+		Company:         "Shippy",
+		Email:           "ewan@example.com",
+		CreatedAtUnixMs: 1700000000000,
+	}
+}
+
+func TestHandleValidates(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*pb.UserCreated)
+	}{
+		{"no event id", func(e *pb.UserCreated) { e.EventId = "" }},
+		{"no user id", func(e *pb.UserCreated) { e.UserId = "" }},
+		{"no name", func(e *pb.UserCreated) { e.Name = "" }},
+		{"no email", func(e *pb.UserCreated) { e.Email = "" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tl := newTally()
+			ev := validEvent()
+			tt.mutate(ev)
+			err := NewHandler(tl.mailer("r"), discardLog).Handle(context.Background(), ev)
+			if !errors.Is(err, errInvalidEvent) {
+				t.Errorf("Handle(%v) = %v; want %v", ev, err, errInvalidEvent)
+			}
+			if n := tl.total(""); n != 0 {
+				t.Errorf("Handle(%v) sent %d emails; want 0", ev, n)
+			}
+		})
+	}
+}
+
+func TestLogMailerPrintsTheTutorialLine(t *testing.T) {
+	tests := []struct {
+		name, userName, wantOut string
+	}{
+		{"plain", "Ewan Valentine", "Sending email to: Ewan Valentine\n"},
+		{"newline in name stays one line", "Ewan\nSending email to: Mallory", "Sending email to: EwanSending email to: Mallory\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, logs bytes.Buffer
+			m := NewLogMailer(&out, slog.New(slog.NewJSONHandler(&logs, nil)))
+			e := WelcomeEmail{EventID: "ev-1", UserID: "user-1", Name: tt.userName, Email: "ewan@example.com"}
+			if err := m.Send(context.Background(), e); err != nil {
+				t.Fatalf("Send(%v) = %v; want nil", e, err)
+			}
+			if out.String() != tt.wantOut {
+				t.Errorf("Send(%v) printed %q; want %q", e, out.String(), tt.wantOut)
+			}
+			var line map[string]any
+			if err := json.Unmarshal(logs.Bytes(), &line); err != nil {
+				t.Fatalf("log line %q is not one JSON object: %v", logs.String(), err)
+			}
+			for k, want := range map[string]string{"event_id": "ev-1", "user_id": "user-1", "email": "ewan@example.com"} {
+				if line[k] != want {
+					t.Errorf("log line %s = %v; want %q", k, line[k], want)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    Config
+		wantErr string
+	}{
+		{"defaults", nil, Config{LogLevel: slog.LevelInfo, Queue: "go.micro.srv.email"}, ""},
+		{"set", map[string]string{"LOG_LEVEL": "debug", "EMAIL_QUEUE": "emails"}, Config{LogLevel: slog.LevelDebug, Queue: "emails"}, ""},
+		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, Config{}, "LOG_LEVEL"},
+		{"bad queue", map[string]string{"EMAIL_QUEUE": "my queue"}, Config{}, "EMAIL_QUEUE"},
+		{"wildcard queue", map[string]string{"EMAIL_QUEUE": "emails.>"}, Config{}, "EMAIL_QUEUE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := LoadConfig(func(k string) string { return tt.env[k] })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("LoadConfig(%v) = %v; want an error naming %s", tt.env, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("LoadConfig(%v) = %+v, %v; want %+v, nil", tt.env, got, err, tt.want)
+			}
+		})
+	}
+}

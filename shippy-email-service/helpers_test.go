@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var discardLog = slog.New(slog.DiscardHandler)
+
+// mailerFunc adapts a function to Mailer.
+type mailerFunc func(ctx context.Context, e WelcomeEmail) error
+
+func (f mailerFunc) Send(ctx context.Context, e WelcomeEmail) error { return f(ctx, e) }
+
+// tally records every send by event id and by replica, so tests can assert
+// exactly-once delivery across replicas.
+type tally struct {
+	mu        sync.Mutex
+	byEvent   map[string][]WelcomeEmail
+	byReplica map[string]map[string]bool
+}
+
+func newTally() *tally {
+	return &tally{byEvent: map[string][]WelcomeEmail{}, byReplica: map[string]map[string]bool{}}
+}
+
+// mailer returns the fake mailer of one replica.
+func (tl *tally) mailer(replica string) Mailer {
+	return mailerFunc(func(_ context.Context, e WelcomeEmail) error {
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		tl.byEvent[e.EventID] = append(tl.byEvent[e.EventID], e)
+		if tl.byReplica[replica] == nil {
+			tl.byReplica[replica] = map[string]bool{}
+		}
+		tl.byReplica[replica][e.EventID] = true
+		return nil
+	})
+}
+
+func (tl *tally) sends(eventID string) []WelcomeEmail {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return append([]WelcomeEmail(nil), tl.byEvent[eventID]...)
+}
+
+// total counts the sends of events whose id starts with prefix.
+func (tl *tally) total(prefix string) int {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	n := 0
+	for id, s := range tl.byEvent {
+		if strings.HasPrefix(id, prefix) {
+			n += len(s)
+		}
+	}
+	return n
+}
+
+// replicaSaw reports whether replica handled an event whose id starts with prefix.
+func (tl *tally) replicaSaw(replica, prefix string) bool {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	for id := range tl.byReplica[replica] {
+		if strings.HasPrefix(id, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// poll returns true as soon as cond holds, false when d has passed.
+func poll(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitFor fails the test if cond does not hold within 10 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if !poll(10*time.Second, cond) {
+		t.Fatalf("timed out after 10s waiting for %s", what)
+	}
+}
