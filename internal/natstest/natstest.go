@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -31,7 +32,7 @@ func Start(t testing.TB) *Server {
 	}}
 	s.start()
 	// Keep the port the first start picked so a restart reuses it.
-	s.opts.Port = s.srv.Addr().(interface{ Port() int }).Port()
+	s.opts.Port = s.srv.Addr().(*net.TCPAddr).Port
 	t.Cleanup(s.Stop)
 	return s
 }
