@@ -201,7 +201,9 @@ func (b *Broker) Connect() error {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(b.cfg.reconnectWait),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("nats disconnected", "err", err)
+			if err != nil { // nil on our own Close
+				log.Warn("nats disconnected; reconnecting", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "url", nc.ConnectedUrl())

@@ -363,10 +363,20 @@ func TestMessagesPublishedWithoutSubscriberAreDelivered(t *testing.T) {
 }
 
 func TestServerRestart(t *testing.T) {
+	for _, queue := range []string{"email-service", ""} {
+		t.Run("queue="+queue, func(t *testing.T) { testServerRestart(t, queue) })
+	}
+}
+
+func testServerRestart(t *testing.T, queue string) {
 	srv := natstest.Start(t)
 	b := newBroker(t, srv.URL(), PublishTimeout(500*time.Millisecond))
 	rec := &recorder{}
-	subscribe(t, b, "user.created", rec.handle, broker.Queue("email-service"))
+	var opts []broker.SubscribeOption
+	if queue != "" {
+		opts = append(opts, broker.Queue(queue))
+	}
+	subscribe(t, b, "user.created", rec.handle, opts...)
 	publish(t, b, "user.created", "before", nil)
 	waitFor(t, "the message before the outage", func() bool { return len(rec.bodies()) == 1 })
 
@@ -408,4 +418,33 @@ func TestConsumerName(t *testing.T) {
 	if a, b := ConsumerName("q", "a.b"), ConsumerName("q", "a_b"); a == b {
 		t.Errorf("ConsumerName(q, a.b) = ConsumerName(q, a_b) = %q; want distinct", a)
 	}
+}
+
+func TestDeletedConsumerIsRecreated(t *testing.T) {
+	srv := natstest.Start(t)
+	b := newBroker(t, srv.URL())
+	rec := &recorder{}
+	subscribe(t, b, "user.created", rec.handle, broker.Queue("email-service"))
+	publish(t, b, "user.created", "first", nil)
+	waitFor(t, "the first message", func() bool { return len(rec.bodies()) == 1 })
+
+	_, js := jsClient(t, srv.URL())
+	name := ConsumerName("email-service", "user.created")
+	// The server sometimes fails a delete while the consumer writes its
+	// state ("directory not empty"); an operator would retry too.
+	waitFor(t, "the consumer to be deleted", func() bool {
+		err := js.DeleteConsumer(context.Background(), DefaultStream, name)
+		return err == nil || errors.Is(err, jetstream.ErrConsumerNotFound)
+	})
+	publish(t, b, "user.created", "second", nil)
+	// The recreated durable starts from the first stored message again: at
+	// least once, so "first" may come twice; "second" must come.
+	waitFor(t, "the message published after the consumer was deleted", func() bool {
+		for _, body := range rec.bodies() {
+			if body == "second" {
+				return true
+			}
+		}
+		return false
+	})
 }

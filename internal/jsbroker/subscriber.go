@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,8 +33,12 @@ type subscriber struct {
 	durable  bool
 	log      *slog.Logger
 
-	once sync.Once
-	cc   jetstream.ConsumeContext
+	config     jetstream.ConsumerConfig
+	once       sync.Once
+	done       chan struct{} // closed by Unsubscribe
+	recovering atomic.Bool
+	mu         sync.Mutex
+	cc         jetstream.ConsumeContext
 }
 
 // ConsumerName is the durable consumer shared by every subscriber of topic
@@ -95,26 +100,81 @@ func (b *Broker) Subscribe(topic string, handler broker.Handler, opts ...broker.
 		cc.InactiveThreshold = ephemeralInactive
 	}
 	s.log = cfg.log.With("broker", "jetstream", "topic", topic, "consumer", s.consumer)
+	s.config = cc
+	s.done = make(chan struct{})
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.publishTimeout)
 	defer cancel()
-	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.stream, cc)
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: create consumer %s: %w", topic, s.consumer, err)
+	if err := s.consume(ctx); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
 	}
-	consumeCtx, err := cons.Consume(s.handle,
-		jetstream.PullMaxMessages(cfg.pullBatch),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			s.log.Warn("jetstream consume", "err", err)
-		}))
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: consume %s: %w", topic, s.consumer, err)
-	}
-	s.cc = consumeCtx
 	b.mu.Lock()
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 	return s, nil
+}
+
+// consume creates (or updates) the consumer and starts pulling from it.
+func (s *subscriber) consume(ctx context.Context) error {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.stream, s.config)
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", s.consumer, err)
+	}
+	cc, err := cons.Consume(s.handle,
+		jetstream.PullMaxMessages(s.cfg.pullBatch),
+		jetstream.ConsumeErrHandler(s.consumeError))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", s.consumer, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done: // unsubscribed while recreating
+		cc.Stop()
+	default:
+		s.cc = cc
+	}
+	return nil
+}
+
+// consumeError logs pull errors; when the consumer itself is gone (deleted
+// by an operator, or lost by the server) pulling has stopped for good, so
+// the consumer is created again.
+func (s *subscriber) consumeError(_ jetstream.ConsumeContext, err error) {
+	if !errors.Is(err, jetstream.ErrConsumerDeleted) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		s.log.Warn("jetstream consume", "err", err)
+		return
+	}
+	if !s.recovering.CompareAndSwap(false, true) {
+		return
+	}
+	s.log.Error("consumer gone; recreating it", "err", err)
+	go s.recreate()
+}
+
+func (s *subscriber) recreate() {
+	defer s.recovering.Store(false)
+	s.mu.Lock()
+	old := s.cc
+	s.mu.Unlock()
+	old.Stop()
+	wait := s.cfg.reconnectWait
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.publishTimeout)
+		err := s.consume(ctx)
+		cancel()
+		if err == nil {
+			s.log.Info("consumer recreated")
+			return
+		}
+		s.log.Warn("recreate consumer", "err", err, "retry_in", wait)
+		select {
+		case <-s.done:
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
 }
 
 func (s *subscriber) Options() broker.SubscribeOptions { return s.opts }
@@ -124,11 +184,15 @@ func (s *subscriber) Topic() string                    { return s.topic }
 // keeps a queue group's durable consumer (and its position) on the server.
 func (s *subscriber) Unsubscribe() error {
 	s.once.Do(func() {
-		s.cc.Drain()
+		s.mu.Lock()
+		close(s.done)
+		cc := s.cc
+		s.mu.Unlock()
+		cc.Drain()
 		select {
-		case <-s.cc.Closed():
+		case <-cc.Closed():
 		case <-time.After(s.cfg.ackWait):
-			s.cc.Stop()
+			cc.Stop()
 		}
 		s.b.mu.Lock()
 		delete(s.b.subs, s)

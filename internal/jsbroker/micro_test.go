@@ -1,0 +1,147 @@
+package jsbroker_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"go-micro.dev/v6"
+	"go-micro.dev/v6/broker"
+	"go-micro.dev/v6/metadata"
+	"go-micro.dev/v6/registry"
+	"go-micro.dev/v6/server"
+
+	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/natstest"
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+// newService builds a go-micro service on its own jsbroker, as a separate
+// process would, and stops it when the test ends.
+func newService(t *testing.T, name, url string) micro.Service {
+	t.Helper()
+	b := jsbroker.NewBroker(broker.Addrs(url),
+		jsbroker.Backoff(10*time.Millisecond),
+		jsbroker.Logger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	return micro.NewService(name,
+		micro.Broker(b),
+		micro.Registry(registry.NewMemoryRegistry()),
+		micro.Address("127.0.0.1:0"),
+	)
+}
+
+func start(t *testing.T, srv micro.Service) {
+	t.Helper()
+	if err := srv.Server().Start(); err != nil {
+		t.Fatalf("Start(%s) = %v; want nil", srv.Name(), err)
+	}
+	t.Cleanup(func() { _ = srv.Server().Stop() })
+}
+
+type seen struct {
+	Event  *pb.UserCreated
+	Header string // the Event-Id header as go-micro passed it on
+}
+
+func TestThroughGoMicro(t *testing.T) {
+	nats := natstest.Start(t)
+
+	var mu sync.Mutex
+	tries := map[string]int{}
+	var got []seen
+	handler := func(ctx context.Context, ev *pb.UserCreated) error {
+		mu.Lock()
+		defer mu.Unlock()
+		tries[ev.EventId]++
+		if ev.EventId == "ev-flaky" && tries[ev.EventId] == 1 {
+			return errors.New("mailer down")
+		}
+		h, _ := metadata.Get(ctx, jsbroker.HeaderEventID)
+		got = append(got, seen{Event: ev, Header: h})
+		return nil
+	}
+
+	emailSrv := newService(t, "go.micro.srv.email", nats.URL())
+	if err := micro.RegisterSubscriber(pb.TopicUserCreated, emailSrv.Server(), handler, server.SubscriberQueue("email-service")); err != nil {
+		t.Fatalf("RegisterSubscriber = %v", err)
+	}
+	start(t, emailSrv)
+
+	userSrv := newService(t, "go.micro.srv.user", nats.URL())
+	start(t, userSrv)
+	pub := micro.NewEvent(pb.TopicUserCreated, userSrv.Client())
+
+	for _, id := range []string{"ev-ok", "ev-flaky"} {
+		ctx := jsbroker.WithEventID(context.Background(), id)
+		ev := &pb.UserCreated{EventId: id, UserId: "u-" + id, Name: "Ewan", Email: "ewan@example.com"}
+		if err := pub.Publish(ctx, ev); err != nil {
+			t.Fatalf("Publish(%s) = %v; want nil", id, err)
+		}
+	}
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handled %d events within 20s; want 2", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	byID := map[string]seen{}
+	for _, s := range got {
+		byID[s.Event.EventId] = s
+	}
+	for _, id := range []string{"ev-ok", "ev-flaky"} {
+		s, ok := byID[id]
+		if !ok {
+			t.Errorf("event %s not handled; got %v", id, got)
+			continue
+		}
+		if s.Event.UserId != "u-"+id || s.Event.Email != "ewan@example.com" {
+			t.Errorf("event %s decoded as %v; want user_id %q, email %q", id, s.Event, "u-"+id, "ewan@example.com")
+		}
+		if s.Header != id {
+			t.Errorf("event %s: header %s = %q; want %q", id, jsbroker.HeaderEventID, s.Header, id)
+		}
+	}
+	if tries["ev-flaky"] != 2 {
+		t.Errorf("handler saw ev-flaky %d times; want 2 (a redelivery after the error)", tries["ev-flaky"])
+	}
+	if tries["ev-ok"] != 1 {
+		t.Errorf("handler saw ev-ok %d times; want 1", tries["ev-ok"])
+	}
+}
+
+func TestSelectedByMicroBrokerVariable(t *testing.T) {
+	nats := natstest.Start(t)
+	t.Setenv("MICRO_BROKER", "jetstream")
+	t.Setenv("MICRO_BROKER_ADDRESS", nats.URL())
+	srv, err := microenv.NewService("go.micro.srv.probe")
+	if err != nil {
+		t.Fatalf("microenv.NewService = %v; want nil", err)
+	}
+	b := srv.Options().Broker
+	if b.String() != "jetstream" {
+		t.Fatalf("MICRO_BROKER=jetstream gave broker %q; want jetstream", b.String())
+	}
+	if err := b.Connect(); err != nil {
+		t.Fatalf("Connect() = %v; want nil", err)
+	}
+	t.Cleanup(func() { _ = b.Disconnect() })
+	if b.Address() != nats.URL() {
+		t.Errorf("Address() = %q; want %q from MICRO_BROKER_ADDRESS", b.Address(), nats.URL())
+	}
+}
