@@ -1,0 +1,328 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go-micro.dev/v6"
+	"go-micro.dev/v6/broker"
+	natsbroker "go-micro.dev/v6/broker/nats"
+	"go-micro.dev/v6/client"
+	merrors "go-micro.dev/v6/errors"
+	"go-micro.dev/v6/registry"
+	natsregistry "go-micro.dev/v6/registry/nats"
+
+	"github.com/shippy/shippy/internal/microenv"
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+// testCfg is a configuration for in-process services: fast bcrypt, a fixed
+// secret.
+func testCfg(codec string) Config {
+	return Config{
+		JWTSecret: []byte(testSecret), JWTTTL: time.Hour, BcryptCost: 4, EventsCodec: codec,
+		AuthMaxFailures: 5, AuthFailureWindow: time.Minute, LogLevel: slog.LevelDebug,
+	}
+}
+
+// startUserService runs the user-service in-process on a random port,
+// registered in the NATS registry at natsURL and publishing on the NATS
+// broker there, and waits until it is registered.
+func startUserService(t *testing.T, cfg Config, store userStore, natsURL string, log *slog.Logger) *handler {
+	t.Helper()
+	srv, h, err := newService(cfg, store, log,
+		micro.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))),
+		micro.Broker(natsbroker.NewNatsBroker(broker.Addrs(natsURL))),
+		micro.Address("127.0.0.1:0"),
+	)
+	if err != nil {
+		t.Fatalf("newService = %v", err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatalf("start user-service: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Errorf("stop user-service: %v", err)
+		}
+	})
+	waitRegistered(t, natsURL, serviceName)
+	return h
+}
+
+// waitRegistered polls a registry of its own, as another process would,
+// until name has a node. Asking through a client first would cache the
+// miss for 5 s.
+func waitRegistered(t *testing.T, natsURL, name string) {
+	t.Helper()
+	reg := natsregistry.NewNatsRegistry(registry.Addrs(natsURL))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		svcs, err := reg.GetService(name)
+		if err == nil && len(svcs) > 0 && len(svcs[0].Nodes) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not registered within 15s (last error: %v)", name, err)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval, not a stand-in for the condition
+	}
+}
+
+// newUserClient is the generated client as a separate program (the CLI)
+// would build it: its own registry connection.
+func newUserClient(natsURL string) pb.UserService {
+	c := client.NewClient(client.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))))
+	return pb.NewUserService(serviceName, c)
+}
+
+func microCode(err error) int32 {
+	if err == nil {
+		return 0
+	}
+	return merrors.FromError(err).Code
+}
+
+func TestServiceThroughGeneratedClient(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			store := b.open(t)
+			natsURL := startNATS(t)
+			logs := &syncBuffer{}
+			startUserService(t, testCfg(codecProto), store, natsURL,
+				slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+			users := newUserClient(natsURL)
+			ctx := context.Background()
+			const password = "correct horse battery"
+
+			created, err := users.Create(ctx, &pb.User{Name: "Ada Lovelace", Company: "Analytical", Email: "Ada@Example.com", Password: password})
+			if err != nil {
+				t.Fatalf("Create = %v; want nil", err)
+			}
+			if created.User.GetId() == "" || created.User.Email != "ada@example.com" || created.User.Password != "" || created.Token.GetToken() == "" {
+				t.Fatalf("Create = %v; want a user with id, lower-cased email, no password, and a token", created)
+			}
+			id := created.User.Id
+
+			tests := []struct {
+				name     string
+				call     func() (any, error)
+				wantCode int32
+			}{
+				{"Create invalid email", func() (any, error) {
+					return users.Create(ctx, &pb.User{Name: "X", Email: "not-an-email", Password: password})
+				}, 400},
+				{"Create short password", func() (any, error) {
+					return users.Create(ctx, &pb.User{Name: "X", Email: "x@example.com", Password: "short"})
+				}, 400},
+				{"Create duplicate in other case", func() (any, error) {
+					return users.Create(ctx, &pb.User{Name: "X", Email: "ADA@example.COM", Password: password})
+				}, 409},
+				{"Get", func() (any, error) { return users.Get(ctx, &pb.User{Id: id}) }, 0},
+				{"Get unknown", func() (any, error) { return users.Get(ctx, &pb.User{Id: "00000000-0000-4000-8000-000000000000"}) }, 404},
+				{"GetAll", func() (any, error) { return users.GetAll(ctx, &pb.Request{}) }, 0},
+				{"Auth", func() (any, error) { return users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password}) }, 0},
+				{"Auth wrong password", func() (any, error) {
+					return users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: "wrong password"})
+				}, 401},
+				{"Auth unknown email", func() (any, error) { return users.Auth(ctx, &pb.User{Email: "nobody@example.com", Password: password}) }, 401},
+				{"ValidateToken", func() (any, error) { return users.ValidateToken(ctx, &pb.Token{Token: created.Token.Token}) }, 0},
+				{"ValidateToken tampered", func() (any, error) {
+					return users.ValidateToken(ctx, &pb.Token{Token: created.Token.Token + "x"})
+				}, 401},
+			}
+			var bodies []string
+			for _, tt := range tests {
+				res, err := tt.call()
+				if got := microCode(err); got != tt.wantCode {
+					t.Errorf("%s = %v; want code %d", tt.name, err, tt.wantCode)
+				}
+				if err != nil {
+					if me := merrors.FromError(err); me.Id != serviceName || me.Detail == "" {
+						t.Errorf("%s error = %+v; want id %s and a message", tt.name, me, serviceName)
+					}
+				}
+				b, _ := json.Marshal(res)
+				bodies = append(bodies, string(b), errString(err))
+			}
+
+			got, _ := users.Get(ctx, &pb.User{Id: id})
+			if got.GetUser().GetName() != "Ada Lovelace" {
+				t.Errorf("Get(%s) = %v; want Ada Lovelace", id, got)
+			}
+			all, _ := users.GetAll(ctx, &pb.Request{})
+			if len(all.GetUsers()) != 1 {
+				t.Errorf("GetAll = %v; want one user", all)
+			}
+			tok, _ := users.Auth(ctx, &pb.User{Email: "ADA@example.com", Password: password})
+			valid, err := users.ValidateToken(ctx, &pb.Token{Token: tok.GetToken()})
+			if err != nil || !valid.Valid {
+				t.Errorf("ValidateToken(Auth's token) = %v, %v; want valid", valid, err)
+			}
+
+			// The limiter is visible to callers as 429. The successful Auth
+			// above cleared the earlier failure.
+			for range 5 {
+				_, _ = users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: "wrong password"})
+			}
+			_, err = users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password})
+			if microCode(err) != 429 || !strings.Contains(err.Error(), "too many attempts") {
+				t.Errorf("Auth after 5 failures = %v; want 429 too many attempts", err)
+			}
+
+			bodies = append(bodies, logs.String())
+			for _, s := range bodies {
+				if strings.Contains(s, password) || hashPattern.MatchString(s) {
+					t.Errorf("password or hash leaked in: %s", s)
+				}
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// received is what a subscriber saw: the decoded event and the raw message.
+type received struct {
+	mu     sync.Mutex
+	events []*pb.UserCreated
+	raw    []*broker.Message
+}
+
+func (r *received) find(userID string) (*pb.UserCreated, *broker.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var ev *pb.UserCreated
+	var raw *broker.Message
+	for _, e := range r.events {
+		if e.UserId == userID {
+			ev = e
+		}
+	}
+	for _, m := range r.raw {
+		if strings.Contains(string(m.Body), userID) || m.Header[headerUserID] == userID {
+			raw = m
+		}
+	}
+	return ev, raw
+}
+
+// Both codecs reach a go-micro subscriber taking *pb.UserCreated over a real
+// NATS broker, and the raw message carries the documented headers.
+func TestEventsReachSubscriber(t *testing.T) {
+	for _, codec := range []string{codecProto, codecJSON} {
+		t.Run(codec, func(t *testing.T) {
+			natsURL := startNATS(t)
+			got := &received{}
+
+			sub, err := microenv.NewService("shippy.test.subscriber",
+				micro.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))),
+				micro.Broker(natsbroker.NewNatsBroker(broker.Addrs(natsURL))),
+				micro.Address("127.0.0.1:0"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = micro.RegisterSubscriber(pb.TopicUserCreated, sub.Server(), func(_ context.Context, ev *pb.UserCreated) error {
+				got.mu.Lock()
+				defer got.mu.Unlock()
+				got.events = append(got.events, ev)
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("RegisterSubscriber = %v", err)
+			}
+			if err := sub.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = sub.Stop() })
+
+			spy := natsbroker.NewNatsBroker(broker.Addrs(natsURL))
+			if err := spy.Connect(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = spy.Disconnect() })
+			if _, err := spy.Subscribe(pb.TopicUserCreated, func(e broker.Event) error {
+				got.mu.Lock()
+				defer got.mu.Unlock()
+				got.raw = append(got.raw, e.Message())
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+
+			store := openTestStore(t, Config{Driver: driverSQLite, DSN: t.TempDir() + "/u.db"})
+			h := startUserService(t, testCfg(codec), store, natsURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			waitRegistered(t, natsURL, "shippy.test.subscriber")
+
+			// NATS subscriptions become active asynchronously: publish probes
+			// through the service's publisher until both receivers see one.
+			deadline := time.Now().Add(15 * time.Second)
+			for {
+				if err := h.publisher.Publish(context.Background(), &pb.UserCreated{EventId: "probe", UserId: "probe"}); err != nil {
+					t.Fatalf("publish probe: %v", err)
+				}
+				if ev, raw := got.find("probe"); ev != nil && raw != nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("probe events not received within 15s")
+				}
+				time.Sleep(50 * time.Millisecond) // poll interval
+			}
+
+			const password = "correct horse battery"
+			res, err := newUserClient(natsURL).Create(context.Background(),
+				&pb.User{Name: "Ada", Company: "Acme", Email: "ada@example.com", Password: password})
+			if err != nil {
+				t.Fatalf("Create = %v", err)
+			}
+			id := res.User.Id
+
+			var ev *pb.UserCreated
+			var raw *broker.Message
+			deadline = time.Now().Add(15 * time.Second)
+			for ev == nil || raw == nil {
+				if time.Now().After(deadline) {
+					t.Fatalf("event for %s not received within 15s (decoded %v, raw %v)", id, ev, raw)
+				}
+				time.Sleep(20 * time.Millisecond) // poll interval
+				ev, raw = got.find(id)
+			}
+
+			if ev.EventId == "" || ev.Name != "Ada" || ev.Company != "Acme" || ev.Email != "ada@example.com" || ev.CreatedAtUnixMs == 0 {
+				t.Errorf("decoded event = %v; want the new user's fields", ev)
+			}
+			body := string(raw.Body)
+			if strings.Contains(body, password) || hashPattern.MatchString(body) {
+				t.Errorf("event body holds the password or a hash: %q", body)
+			}
+			wantCT := map[string]string{codecProto: "application/protobuf", codecJSON: "application/json"}[codec]
+			if ct := raw.Header["Content-Type"]; ct != wantCT {
+				t.Errorf("Content-Type = %q; want %q", ct, wantCT)
+			}
+			if topic := raw.Header["Micro-Topic"]; topic != pb.TopicUserCreated {
+				t.Errorf("Micro-Topic = %q; want %q", topic, pb.TopicUserCreated)
+			}
+			if codec == codecJSON {
+				if raw.Header[headerUserID] != id || raw.Header[headerEventID] != ev.EventId {
+					t.Errorf("headers = %v; want %s=%s and %s=%s", raw.Header, headerUserID, id, headerEventID, ev.EventId)
+				}
+				var m map[string]any
+				if err := json.Unmarshal(raw.Body, &m); err != nil || m["user_id"] != id || m["event_id"] != ev.EventId {
+					t.Errorf("JSON body = %s (%v); want proto field names user_id, event_id", body, err)
+				}
+			}
+		})
+	}
+}

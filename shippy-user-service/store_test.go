@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/shippy/shippy/internal/pgtest"
+)
+
+// storeBackends opens a fresh store per backend: SQLite in a temporary
+// folder always, PostgreSQL when TEST_DATABASE_URL is set (pgtest skips or,
+// under CI, fails otherwise).
+var storeBackends = []struct {
+	name string
+	open func(t *testing.T) *Store
+}{
+	{"sqlite", func(t *testing.T) *Store {
+		return openTestStore(t, Config{Driver: driverSQLite, DSN: filepath.Join(t.TempDir(), "users.db"), StoreDescription: "sqlite test"})
+	}},
+	{"postgres", func(t *testing.T) *Store {
+		return openTestStore(t, Config{Driver: driverPostgres, DSN: pgtest.NewDatabase(t), StoreDescription: "postgres test"})
+	}},
+}
+
+func openTestStore(t *testing.T, cfg Config) *Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := openStore(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("openStore(%s) = %v", cfg.Driver, err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	return s
+}
+
+func newTestUser(email string) *User {
+	return &User{
+		ID:           uuid.NewString(),
+		Name:         "'); DROP TABLE users;--",
+		Company:      "Acme",
+		Email:        email,
+		PasswordHash: "hash-" + email,
+		CreatedAt:    time.Now().UTC().Truncate(time.Microsecond),
+	}
+}
+
+func TestStore(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			s := b.open(t)
+			ctx := context.Background()
+
+			ada := newTestUser("ada@example.com")
+			if err := s.Create(ctx, ada); err != nil {
+				t.Fatalf("Create(%q) = %v; want nil", ada.Email, err)
+			}
+			bob := newTestUser("bob@example.com")
+			bob.CreatedAt = ada.CreatedAt.Add(time.Second)
+			if err := s.Create(ctx, bob); err != nil {
+				t.Fatalf("Create(%q) = %v; want nil", bob.Email, err)
+			}
+
+			got, err := s.Get(ctx, ada.ID)
+			if err != nil {
+				t.Fatalf("Get(%q) = %v; want nil", ada.ID, err)
+			}
+			if got.ID != ada.ID || got.Name != ada.Name || got.Company != ada.Company || got.Email != ada.Email ||
+				got.PasswordHash != ada.PasswordHash || !got.CreatedAt.Equal(ada.CreatedAt) {
+				t.Errorf("Get(%q) = %+v; want %+v (name verbatim)", ada.ID, got, ada)
+			}
+
+			for _, email := range []string{"ada@example.com", "ADA@Example.com", "  ada@example.COM "} {
+				got, err := s.GetByEmail(ctx, email)
+				if err != nil || got.ID != ada.ID {
+					t.Errorf("GetByEmail(%q) = %v, %v; want Ada", email, got, err)
+				}
+			}
+
+			if _, err := s.Get(ctx, uuid.NewString()); !errors.Is(err, errUserNotFound) {
+				t.Errorf("Get(unknown) = %v; want errUserNotFound", err)
+			}
+			if _, err := s.GetByEmail(ctx, "nobody@example.com"); !errors.Is(err, errUserNotFound) {
+				t.Errorf("GetByEmail(unknown) = %v; want errUserNotFound", err)
+			}
+
+			dup := newTestUser("ada@example.com")
+			if err := s.Create(ctx, dup); !errors.Is(err, errEmailTaken) {
+				t.Errorf("Create(duplicate email) = %v; want errEmailTaken", err)
+			}
+
+			users, err := s.List(ctx)
+			if err != nil {
+				t.Fatalf("List() = %v", err)
+			}
+			if len(users) != 2 || users[0].ID != ada.ID || users[1].ID != bob.ID {
+				t.Errorf("List() = %v; want ada then bob", users)
+			}
+		})
+	}
+}
+
+// The database, not the handler, guarantees one account per email: of many
+// concurrent creates for one address exactly one succeeds.
+func TestStoreConcurrentCreateSameEmail(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			s := b.open(t)
+			const n = 8
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			start := make(chan struct{})
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					errs[i] = s.Create(context.Background(), newTestUser("race@example.com"))
+				}()
+			}
+			close(start)
+			wg.Wait()
+
+			var ok, taken int
+			for _, err := range errs {
+				switch {
+				case err == nil:
+					ok++
+				case errors.Is(err, errEmailTaken):
+					taken++
+				default:
+					t.Errorf("Create = %v; want nil or errEmailTaken", err)
+				}
+			}
+			if ok != 1 || taken != n-1 {
+				t.Errorf("concurrent creates: %d succeeded, %d taken; want 1 and %d", ok, taken, n-1)
+			}
+			users, err := s.List(context.Background())
+			if err != nil || len(users) != 1 {
+				t.Errorf("List() = %d users, %v; want 1", len(users), err)
+			}
+		})
+	}
+}
+
+// The unique index exists in the schema itself: a raw insert that bypasses
+// the store's code is refused too.
+func TestStoreUniqueIndexInSchema(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			s := b.open(t)
+			ctx := context.Background()
+			if err := s.Create(ctx, newTestUser("idx@example.com")); err != nil {
+				t.Fatalf("Create = %v", err)
+			}
+			err := s.db.WithContext(ctx).Exec(
+				"INSERT INTO users (id, name, company, email, password_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+				uuid.NewString(), "x", "", "idx@example.com", "h", time.Now()).Error
+			if err == nil || !isUniqueViolation(err) {
+				t.Errorf("raw duplicate insert = %v; want a unique violation", err)
+			}
+			if err != nil {
+				t.Logf("database said: %v", fmt.Sprint(err))
+			}
+		})
+	}
+}
