@@ -60,7 +60,8 @@ Exit codes:
   3  the user-service is not reachable: not registered, no answer within
      --timeout, or it failed (5xx)
 
-Errors are printed to stderr as one line: shippy-user-cli: <command>: <message>.
+Errors are printed to stderr as one line, with --json too:
+  shippy-user-cli: <command>: <message> (<code the service answered>)
 `
 
 // app is the CLI with its outside world injected, so tests can run it

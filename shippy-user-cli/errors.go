@@ -48,12 +48,14 @@ func classifyMicro(merr *merrors.Error, err error) (int, string) {
 		detail = err.Error()
 	}
 	switch {
+	// go-micro's own client errors carry 408 or 500 whatever went wrong;
+	// the code would suggest the service answered, so it is left out.
 	case merr.Id == clientErrorID && merr.Code == 408:
-		return exitUnavailable, fmt.Sprintf("no answer from %s: %s (408)", serviceName, detail)
+		return exitUnavailable, fmt.Sprintf("no answer from %s: %s", serviceName, detail)
 	case merr.Id == clientErrorID && strings.HasSuffix(detail, "not found"):
-		return exitUnavailable, fmt.Sprintf("%s is not in the registry: is the user-service running, with the same MICRO_REGISTRY and MICRO_REGISTRY_ADDRESS? (%d)", serviceName, merr.Code)
+		return exitUnavailable, fmt.Sprintf("%s is not in the registry: is the user-service running, with the same MICRO_REGISTRY and MICRO_REGISTRY_ADDRESS?", serviceName)
 	case merr.Id == clientErrorID:
-		return exitUnavailable, fmt.Sprintf("cannot reach %s: %s (%d)", serviceName, detail, merr.Code)
+		return exitUnavailable, fmt.Sprintf("cannot reach %s: %s", serviceName, detail)
 	case merr.Code == 408:
 		return exitUnavailable, fmt.Sprintf("%s (408)", detail)
 	case merr.Code >= 400 && merr.Code < 500:
