@@ -13,9 +13,9 @@ import (
 
 // Mailer sends the welcome email for one event.
 //
-// It is also the seam for idempotency (issue 4): a mailer that records sent
-// event ids wraps the real one, skips ids already sent and records an id only
-// after the wrapped Send succeeded, so the handler stays as it is.
+// It is also the seam for idempotency (issue 4): dedupMailer wraps the real
+// one, skips ids already sent and records an id only after the wrapped Send
+// succeeded, so the handler stays as it is.
 type Mailer interface {
 	Send(ctx context.Context, e WelcomeEmail) error
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	pb "github.com/shippy/shippy/proto/user"
 )
@@ -81,14 +82,33 @@ func TestLogMailerPrintsTheTutorialLine(t *testing.T) {
 }
 
 func TestLoadConfig(t *testing.T) {
+	defaults := Config{LogLevel: slog.LevelInfo, Queue: "go.micro.srv.email", SentBucket: "shippy_email_sent", SendLease: 30 * time.Second}
+	with := func(change func(*Config)) Config {
+		c := defaults
+		change(&c)
+		return c
+	}
 	tests := []struct {
 		name    string
 		env     map[string]string
 		want    Config
 		wantErr string
 	}{
-		{"defaults", nil, Config{LogLevel: slog.LevelInfo, Queue: "go.micro.srv.email"}, ""},
-		{"set", map[string]string{"LOG_LEVEL": "debug", "EMAIL_QUEUE": "emails"}, Config{LogLevel: slog.LevelDebug, Queue: "emails"}, ""},
+		{"defaults", nil, defaults, ""},
+		{"set", map[string]string{"LOG_LEVEL": "debug", "EMAIL_QUEUE": "emails", "EMAIL_SENT_BUCKET": "sent-2", "EMAIL_SEND_LEASE": "1m"},
+			with(func(c *Config) {
+				c.LogLevel, c.Queue, c.SentBucket, c.SendLease = slog.LevelDebug, "emails", "sent-2", time.Minute
+			}), ""},
+		{"jetstream: shared log at the default address", map[string]string{"MICRO_BROKER": "jetstream"},
+			with(func(c *Config) { c.SentNATS = "nats://127.0.0.1:4222" }), ""},
+		{"jetstream: shared log at the broker's addresses", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,n2:4222"},
+			with(func(c *Config) { c.SentNATS = "nats://n1:4222,n2:4222" }), ""},
+		{"core nats: in memory", map[string]string{"MICRO_BROKER": "nats", "MICRO_BROKER_ADDRESS": "nats://n1:4222"}, defaults, ""},
+		{"bad broker address", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "http://n1:4222"}, Config{}, "MICRO_BROKER_ADDRESS"},
+		{"empty broker address in list", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,"}, Config{}, "MICRO_BROKER_ADDRESS"},
+		{"bad bucket", map[string]string{"EMAIL_SENT_BUCKET": "sent.ids"}, Config{}, "EMAIL_SENT_BUCKET"},
+		{"bad lease", map[string]string{"EMAIL_SEND_LEASE": "30"}, Config{}, "EMAIL_SEND_LEASE"},
+		{"lease too short", map[string]string{"EMAIL_SEND_LEASE": "10ms"}, Config{}, "EMAIL_SEND_LEASE"},
 		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, Config{}, "LOG_LEVEL"},
 		{"bad queue", map[string]string{"EMAIL_QUEUE": "my queue"}, Config{}, "EMAIL_QUEUE"},
 		{"wildcard queue", map[string]string{"EMAIL_QUEUE": "emails.>"}, Config{}, "EMAIL_QUEUE"},

@@ -36,7 +36,12 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	handler := NewHandler(NewLogMailer(os.Stdout, log), log)
+	mailer, closeMailer, err := newMailer(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeMailer()
+	handler := NewHandler(mailer, log)
 
 	srv, err := microenv.NewService(serviceName, micro.Version("latest"), micro.Context(ctx), micro.HandleSignal(false))
 	if err != nil {
@@ -45,9 +50,26 @@ func run(ctx context.Context) error {
 	if err := Subscribe(srv.Server(), handler, cfg.Queue); err != nil {
 		return err
 	}
-	log.Info("email-service starting", slog.String("queue", cfg.Queue))
+	log.Info("email-service starting", slog.String("queue", cfg.Queue), slog.Bool("shared_sent_log", cfg.SentNATS != ""))
 	if err := srv.Run(); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
 	return nil
+}
+
+// newMailer returns the logging mailer behind a dedupMailer, whose sent log
+// is the JetStream key-value bucket when the broker is JetStream (durable,
+// redelivering, shared by the replicas) and memory otherwise; close releases
+// its connection.
+func newMailer(ctx context.Context, cfg Config, log *slog.Logger) (Mailer, func(), error) {
+	send := NewLogMailer(os.Stdout, log)
+	if cfg.SentNATS == "" {
+		sent := newMemorySentLog(defaultMemorySentIDs, cfg.SendLease)
+		return newDedupMailer(send, sent, cfg.SendLease, log), func() {}, nil
+	}
+	sent, closeNATS, err := dialKVSentLog(ctx, cfg.SentNATS, cfg.SentBucket, cfg.SendLease)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sent log: %w", err)
+	}
+	return newDedupMailer(send, sent, cfg.SendLease, log), closeNATS, nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shippy/shippy/internal/natstest"
 	pb "github.com/shippy/shippy/proto/user"
 	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
@@ -118,7 +119,7 @@ func markUntilEachReplicaSaw(t *testing.T, u *userService, tl *tally, prefix str
 
 func TestNATSBothCodecs(t *testing.T) {
 	t.Parallel()
-	natsURL := startNATS(t)
+	natsURL := natstest.Start(t).URL()
 	tl := newTally()
 	startEmailService(t, natsURL, tl.mailer("email-1"))
 	u := newUserService(t, natsURL)
@@ -140,7 +141,7 @@ func TestNATSBothCodecs(t *testing.T) {
 
 func TestNATSTwoReplicasShareTheWork(t *testing.T) {
 	t.Parallel()
-	natsURL := startNATS(t)
+	natsURL := natstest.Start(t).URL()
 	tl := newTally()
 	startEmailService(t, natsURL, tl.mailer("email-1"))
 	startEmailService(t, natsURL, tl.mailer("email-2"))
@@ -167,6 +168,40 @@ func TestNATSTwoReplicasShareTheWork(t *testing.T) {
 		id := fmt.Sprintf("user-%02d", i)
 		if got := len(tl.sends(id)); got != 1 {
 			t.Errorf("sends for %s = %d; want 1", id, got)
+		}
+	}
+}
+
+func TestNATSRedeliveredEventsSendOnceAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	natsURL := natstest.Start(t).URL()
+	tl := newTally()
+	for _, r := range []string{"email-1", "email-2"} {
+		startEmailService(t, natsURL, dedup(tl.mailer(r), openKVSentLog(t, natsURL, defaultSentBucket)))
+	}
+	u := newUserService(t, natsURL)
+	markUntilEachReplicaSaw(t, u, tl, "ready-", "email-1", "email-2")
+
+	// Each event arrives three times, on either replica, in either codec, as
+	// a redelivering broker or a retrying publisher would send it.
+	const n = 20
+	for round := 0; round < 3; round++ {
+		for i := 0; i < n; i++ {
+			ev := event(fmt.Sprintf("user-%02d", i))
+			if (i+round)%2 == 0 {
+				u.publishProto(t, ev)
+			} else {
+				u.publishJSON(t, ev)
+			}
+		}
+	}
+	waitFor(t, fmt.Sprintf("%d sends", n), func() bool { return tl.total("user-") >= n })
+	markUntilEachReplicaSaw(t, u, tl, "done-", "email-1", "email-2")
+
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("user-%02d", i)
+		if got := len(tl.sends(id)); got != 1 {
+			t.Errorf("sends for %s delivered 3 times = %d; want 1", id, got)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -165,5 +166,28 @@ func TestSubscriberReturnsMailerError(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "smtp: 421") {
 			t.Errorf("publish(%s) = %v; want the mailer's error", ct, err)
 		}
+	}
+}
+
+func TestSubscriberSendsARedeliveredEventOnce(t *testing.T) {
+	var out bytes.Buffer
+	mailer := dedup(NewLogMailer(&out, discardLog), newMemorySentLog(100, testLease))
+	b := startOnMemoryBroker(t, mailer)
+	ev := validEvent()
+	deliveries := []struct {
+		name    string
+		publish func() error
+	}{
+		{"protobuf", func() error { return publishEvent(b, "application/protobuf", ev) }},
+		{"protobuf again", func() error { return publishEvent(b, "application/protobuf", ev) }},
+		{"json copy", func() error { return b.Publish(pb.TopicUserCreated, rawJSONMessage(t, ev)) }},
+	}
+	for _, d := range deliveries {
+		if err := d.publish(); err != nil {
+			t.Fatalf("publish %s = %v; want nil", d.name, err)
+		}
+	}
+	if got, want := out.String(), "Sending email to: "+ev.Name+"\n"; got != want {
+		t.Errorf("3 deliveries of event %s printed %q; want %q", ev.EventId, got, want)
 	}
 }

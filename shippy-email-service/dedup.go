@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// sentLog remembers which events have had their welcome email sent, so that
+// a redelivered event sends nothing.
+//
+// Design: claim, send, then record. Claim takes a short lease on the event
+// id before the send; Sent records it for good, only after the mailer
+// succeeded; Release drops the lease when the send failed, so a retry sends.
+//
+//   - Redelivery after a send: Claim finds the id sent and nothing is sent.
+//   - Two replicas get the same event at once (e.g. after an ack timeout):
+//     one wins the claim, the other gets errSendInProgress, which the broker
+//     sees as a failure and redelivers later, when the id is sent. One email.
+//   - The send fails: the lease is released, the error goes to the broker,
+//     the redelivery sends.
+//   - The replica dies between Claim and the send: nothing is recorded and
+//     the lease expires, so a redelivery after the lease takes it over and
+//     sends. No email is lost (claiming for good before sending would lose it).
+//
+// What remains at-least-once: a replica that dies (or cannot reach the log)
+// after the mailer succeeded and before Sent is stored leaves a lease that
+// expires, and the redelivery sends a second email. No log can close that
+// window for a mailer (SMTP) that has no idempotency key of its own.
+type sentLog interface {
+	// Claim returns true if the caller should send the email for eventID;
+	// false with a nil error if it has been sent; errSendInProgress if
+	// another delivery holds a live lease on it.
+	Claim(ctx context.Context, eventID string) (bool, error)
+	// Sent records eventID as sent; its lease ends.
+	Sent(ctx context.Context, eventID string) error
+	// Release drops the caller's lease after a failed send.
+	Release(ctx context.Context, eventID string) error
+}
+
+// errSendInProgress is returned for an event another delivery is sending
+// now; the broker should deliver it again later.
+var errSendInProgress = errors.New("welcome email for this event is being sent by another delivery")
+
+// defaultSendLease is how long a claim keeps other deliveries of the same
+// event away. It should be shorter than the broker's redelivery delay
+// (JetStream's ack wait, 30s by default) so that the redelivery of a claim
+// whose holder died finds the lease expired.
+const defaultSendLease = 30 * time.Second
+
+// logTimeout bounds the Sent and Release calls made after the send, which
+// run even if the delivery's context has been cancelled meanwhile.
+const logTimeout = 5 * time.Second
+
+// dedupMailer sends each event's welcome email once through next, however
+// often the event is delivered (see sentLog for the guarantee).
+type dedupMailer struct {
+	next  Mailer
+	sent  sentLog
+	lease time.Duration
+	log   *slog.Logger
+}
+
+// newDedupMailer wraps next; lease must match the sentLog's lease: the send
+// is given half of it, so that it ends before another delivery may take the
+// claim over.
+func newDedupMailer(next Mailer, sent sentLog, lease time.Duration, log *slog.Logger) *dedupMailer {
+	return &dedupMailer{next: next, sent: sent, lease: lease, log: log}
+}
+
+func (d *dedupMailer) Send(ctx context.Context, e WelcomeEmail) error {
+	ok, err := d.sent.Claim(ctx, e.EventID)
+	if err != nil {
+		return fmt.Errorf("claim event %s: %w", e.EventID, err)
+	}
+	if !ok {
+		d.log.InfoContext(ctx, "welcome email already sent; event ignored",
+			slog.String("event_id", e.EventID), slog.String("user_id", e.UserID))
+		return nil
+	}
+
+	sendCtx, cancel := context.WithTimeout(ctx, d.lease/2)
+	err = d.next.Send(sendCtx, e)
+	cancel()
+
+	logCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logTimeout)
+	defer cancel()
+	if err != nil {
+		if rerr := d.sent.Release(logCtx, e.EventID); rerr != nil {
+			// Not lost: the lease expires and a redelivery sends.
+			d.log.WarnContext(ctx, "release claim after failed send",
+				slog.String("event_id", e.EventID), slog.Any("error", rerr))
+		}
+		return err
+	}
+	if err := d.sent.Sent(logCtx, e.EventID); err != nil {
+		// The email is out: returning an error would make the broker
+		// redeliver and send it again, so log and report success.
+		d.log.ErrorContext(ctx, "welcome email sent but not recorded; a redelivery may send it again",
+			slog.String("event_id", e.EventID), slog.String("user_id", e.UserID), slog.Any("error", err))
+	}
+	return nil
+}
