@@ -23,7 +23,12 @@ import (
 // Messages are JSON-marshalled on the way, as the NATS broker does on the wire.
 func startOnMemoryBroker(t *testing.T, m Mailer) broker.Broker {
 	t.Helper()
-	b := broker.NewMemoryBroker(broker.Codec(json.Marshaler{}))
+	return startSubscriber(t, broker.NewMemoryBroker(broker.Codec(json.Marshaler{})), m)
+}
+
+// startSubscriber runs a real go-micro server with the email subscriber on b.
+func startSubscriber(t testing.TB, b broker.Broker, m Mailer) broker.Broker {
+	t.Helper()
 	srv := server.NewRPCServer(
 		server.Name(serviceName),
 		server.Broker(b),
