@@ -7,29 +7,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/shippy/shippy/internal/natstest"
 )
 
 // openKVSentLog opens bucket on its own connection, as a replica does.
 func openKVSentLog(t *testing.T, url, bucket string) *kvSentLog {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := newKVSentLog(ctx, js, bucket, testLease)
+	s, closeNATS, err := dialKVSentLog(ctx, url, bucket, testLease)
 	if err != nil {
-		t.Fatalf("newKVSentLog(%s) = %v; want nil", bucket, err)
+		t.Fatalf("dialKVSentLog(%s, %s) = %v; want nil", url, bucket, err)
 	}
+	t.Cleanup(closeNATS)
 	return s
 }
 
