@@ -159,7 +159,7 @@ type testHandler struct {
 
 const testSecret = "0123456789abcdef0123456789abcdef-test"
 
-func newTestHandler(t *testing.T) *testHandler {
+func newTestHandler(t testing.TB) *testHandler {
 	t.Helper()
 	th := &testHandler{
 		store:  &fakeStore{},

@@ -19,6 +19,7 @@ import (
 	natsregistry "go-micro.dev/v6/registry/nats"
 
 	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/natstest"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -93,7 +94,7 @@ func TestServiceThroughGeneratedClient(t *testing.T) {
 	for _, b := range storeBackends {
 		t.Run(b.name, func(t *testing.T) {
 			store := b.open(t)
-			natsURL := startNATS(t)
+			natsURL := natstest.Start(t).URL()
 			logs := &syncBuffer{}
 			startUserService(t, testCfg(codecProto), store, natsURL,
 				slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
@@ -223,7 +224,7 @@ func (r *received) find(userID string) (*pb.UserCreated, *broker.Message) {
 func TestEventsReachSubscriber(t *testing.T) {
 	for _, codec := range []string{codecProto, codecJSON} {
 		t.Run(codec, func(t *testing.T) {
-			natsURL := startNATS(t)
+			natsURL := natstest.Start(t).URL()
 			got := &received{}
 
 			sub, err := microenv.NewService("shippy.test.subscriber",
