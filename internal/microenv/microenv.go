@@ -6,6 +6,9 @@
 // code under `go test`. NewService hides the arguments from it, so only the
 // environment is read, and checks the plugin names first so that a typo is
 // reported with the variable's name instead of go-micro's bare exit.
+//
+// Importing it also registers shippy's durable broker, so MICRO_BROKER=jetstream
+// works in every program like go-micro's built-in choices.
 package microenv
 
 import (
@@ -17,6 +20,8 @@ import (
 
 	"go-micro.dev/v6"
 	"go-micro.dev/v6/cmd"
+
+	_ "github.com/shippy/shippy/internal/jsbroker" // MICRO_BROKER=jetstream
 )
 
 // argsMu serialises the os.Args swap: several services may start in one

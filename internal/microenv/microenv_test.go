@@ -16,6 +16,7 @@ func TestValidate(t *testing.T) {
 		{"built-in http broker by name", map[string]string{"MICRO_BROKER": "http"}, ""},
 		{"mdns registry by name", map[string]string{"MICRO_REGISTRY": "mdns"}, ""},
 		{"nats transport", map[string]string{"MICRO_TRANSPORT": "nats"}, ""},
+		{"shippy's durable jetstream broker", map[string]string{"MICRO_BROKER": "jetstream"}, ""},
 		{"typo in broker", map[string]string{"MICRO_BROKER": "natz"}, `MICRO_BROKER="natz"`},
 		{"unknown registry", map[string]string{"MICRO_REGISTRY": "zookeeper"}, `MICRO_REGISTRY="zookeeper"`},
 		{"unknown transport", map[string]string{"MICRO_TRANSPORT": "quic"}, `MICRO_TRANSPORT="quic"`},
