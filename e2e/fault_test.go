@@ -129,7 +129,9 @@ func TestFaultGracefulStop(t *testing.T) {
 			t.Logf("the stopped user-service left %d events unpublished; starting another to publish them", pending)
 			s.startUser()
 		}
-		s.settle()
+		if tl := s.settle(); int64(tl.users) > res.ok.Load() {
+			t.Logf("%d users were committed although their Create failed or was cut short at the stop", int64(tl.users)-res.ok.Load())
+		}
 	})
 	t.Run("email-service", func(t *testing.T) {
 		t.Parallel()

@@ -13,8 +13,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"net"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,29 +107,30 @@ func startFaultStack(t *testing.T, users, emails int) *faultStack {
 	return s
 }
 
-// startUser starts a user-service on a port of its own and waits until it
-// accepts connections.
+// listeningOn matches go-micro's log line naming the server's address.
+var listeningOn = regexp.MustCompile(`Transport \[\w+\] Listening on ([0-9.]+:[0-9]+)`)
+
+// startUser starts a user-service on a random port and waits until it
+// listens; its address is read from its log, as no registry may be up.
 func (s *faultStack) startUser() *userProcess {
 	t := s.t
 	t.Helper()
 	env := maps.Clone(s.userEnv)
-	addr := freeAddr(t)
-	env["MICRO_SERVER_ADDRESS"] = addr
-	u := &userProcess{process: startProcess(t, "shippy-user-service", environ(env)), addr: addr}
+	env["MICRO_SERVER_ADDRESS"] = "127.0.0.1:0"
+	u := &userProcess{process: startProcess(t, "shippy-user-service", environ(env))}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
+		if m := listeningOn.FindStringSubmatch(u.stderr.String()); m != nil {
+			u.addr = m[1]
 			break
 		}
 		select {
 		case <-u.exited:
-			t.Fatalf("shippy-user-service exited before it listened on %s:\n%s", addr, u.stderr)
+			t.Fatalf("shippy-user-service exited before it listened:\n%s", u.stderr)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("shippy-user-service did not listen on %s within 30s:\n%s", addr, u.stderr)
+			t.Fatalf("shippy-user-service did not log its address within 30s:\n%s", u.stderr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -170,17 +171,6 @@ func (s *faultStack) waitEmailReplicas(n int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// freeAddr returns a loopback address with a port nothing listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // stop sends sig and waits up to within for the process to exit; it
