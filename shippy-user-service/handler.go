@@ -8,7 +8,6 @@ import (
 	"math"
 	"net/mail"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -31,9 +30,10 @@ const (
 	minPasswordBytes = 8
 )
 
-// userStore is the persistence the handler needs.
+// userStore is the persistence the handler needs. Create stores the user and
+// its user.created event atomically (the transactional outbox).
 type userStore interface {
-	Create(ctx context.Context, u *User) error
+	Create(ctx context.Context, u *User, ev *pb.UserCreated) error
 	Get(ctx context.Context, id string) (*User, error)
 	GetByEmail(ctx context.Context, email string) (*User, error)
 	List(ctx context.Context) ([]User, error)
@@ -45,39 +45,34 @@ type passwordHasher interface {
 	Compare(hash, password []byte) error
 }
 
-// eventPublisher publishes user.created. It is the seam for a transactional
-// outbox: today it publishes straight to the broker after the insert.
-type eventPublisher interface {
-	Publish(ctx context.Context, ev *pb.UserCreated) error
+// eventNotifier wakes the outbox relay after a commit that enqueued an
+// event, so that it goes out at once instead of at the next sweep.
+type eventNotifier interface {
+	Notify()
 }
-
-// publishTimeout bounds a publish so a stuck broker cannot hold Create.
-const publishTimeout = 5 * time.Second
 
 // handler implements pb.UserServiceHandler.
 type handler struct {
-	store     userStore
-	hasher    passwordHasher
-	tokens    *tokenService
-	publisher eventPublisher
-	limiter   *authLimiter
-	log       *slog.Logger
-	now       func() time.Time
+	store   userStore
+	hasher  passwordHasher
+	tokens  *tokenService
+	events  eventNotifier
+	limiter *authLimiter
+	log     *slog.Logger
+	now     func() time.Time
 
 	// dummyHash is compared against when an email is unknown, so that Auth
 	// spends the same bcrypt time whether or not the account exists.
 	dummyHash []byte
-
-	publishFailures atomic.Int64
 }
 
-func newHandler(store userStore, hasher passwordHasher, tokens *tokenService, publisher eventPublisher, limiter *authLimiter, log *slog.Logger) (*handler, error) {
+func newHandler(store userStore, hasher passwordHasher, tokens *tokenService, events eventNotifier, limiter *authLimiter, log *slog.Logger) (*handler, error) {
 	dummy, err := hasher.Hash([]byte("shippy dummy password for timing"))
 	if err != nil {
 		return nil, fmt.Errorf("compute dummy hash: %w", err)
 	}
 	return &handler{
-		store: store, hasher: hasher, tokens: tokens, publisher: publisher, limiter: limiter,
+		store: store, hasher: hasher, tokens: tokens, events: events, limiter: limiter,
 		log: log, now: time.Now, dummyHash: dummy,
 	}, nil
 }
@@ -104,17 +99,6 @@ func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) er
 		// equal to the stored one.
 		CreatedAt: h.now().UTC().Truncate(time.Microsecond),
 	}
-	if err := h.store.Create(ctx, u); err != nil {
-		if errors.Is(err, errEmailTaken) {
-			return merrors.Conflict(serviceName, "a user with this email already exists")
-		}
-		return h.internal(ctx, "create user", err)
-	}
-	token, err := h.tokens.Encode(u)
-	if err != nil {
-		return h.internal(ctx, "sign token", err)
-	}
-
 	ev := &pb.UserCreated{
 		EventId:         uuid.NewString(),
 		UserId:          u.ID,
@@ -123,27 +107,25 @@ func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) er
 		Email:           u.Email,
 		CreatedAtUnixMs: u.CreatedAt.UnixMilli(),
 	}
+	// The event is committed with the user; the relay publishes it, so a
+	// broker failure cannot fail Create or lose the event.
+	if err := h.store.Create(ctx, u, ev); err != nil {
+		if errors.Is(err, errEmailTaken) {
+			return merrors.Conflict(serviceName, "a user with this email already exists")
+		}
+		return h.internal(ctx, "create user", err)
+	}
+	h.events.Notify()
 	h.log.InfoContext(ctx, "user created", "user_id", u.ID, "event_id", ev.EventId)
-	h.publish(ctx, ev)
+
+	token, err := h.tokens.Encode(u)
+	if err != nil {
+		return h.internal(ctx, "sign token", err)
+	}
 
 	res.User = toProto(u)
 	res.Token = &pb.Token{Token: token, Valid: true}
 	return nil
-}
-
-// publish sends ev. The user exists already, so a failure does not fail
-// Create: it is logged and counted (lossless delivery is the outbox's job).
-func (h *handler) publish(ctx context.Context, ev *pb.UserCreated) {
-	// The caller may hang up once its user is stored; the event still goes.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	defer cancel()
-	if err := h.publisher.Publish(ctx, ev); err != nil {
-		failed := h.publishFailures.Add(1)
-		h.log.ErrorContext(ctx, "publish user.created failed",
-			"event_id", ev.EventId, "user_id", ev.UserId, "failed_total", failed, "err", err)
-		return
-	}
-	h.log.InfoContext(ctx, "published user.created", "event_id", ev.EventId, "user_id", ev.UserId)
 }
 
 func (h *handler) Get(ctx context.Context, req *pb.User, res *pb.Response) error {

@@ -22,14 +22,16 @@ import (
 	pb "github.com/shippy/shippy/proto/user"
 )
 
-// fakeStore is an in-memory userStore with the database's unique email rule.
+// fakeStore is an in-memory userStore with the database's unique email rule;
+// it keeps each user's event with it, as the outbox does.
 type fakeStore struct {
-	mu    sync.Mutex
-	users []User
-	err   error // returned by every method when set
+	mu     sync.Mutex
+	users  []User
+	events []*pb.UserCreated
+	err    error // returned by every method when set
 }
 
-func (s *fakeStore) Create(_ context.Context, u *User) error {
+func (s *fakeStore) Create(_ context.Context, u *User, ev *pb.UserCreated) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
@@ -41,6 +43,7 @@ func (s *fakeStore) Create(_ context.Context, u *User) error {
 		}
 	}
 	s.users = append(s.users, *u)
+	s.events = append(s.events, proto.Clone(ev).(*pb.UserCreated))
 	return nil
 }
 
@@ -96,21 +99,10 @@ func (h *countingHasher) Compare(hash, p []byte) error {
 	return bcrypt.CompareHashAndPassword(hash, p)
 }
 
-type fakePublisher struct {
-	mu     sync.Mutex
-	events []*pb.UserCreated
-	err    error
-}
+// countingNotifier counts the relay wake-ups the handler asks for.
+type countingNotifier struct{ n atomic.Int64 }
 
-func (p *fakePublisher) Publish(_ context.Context, ev *pb.UserCreated) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.err != nil {
-		return p.err
-	}
-	p.events = append(p.events, proto.Clone(ev).(*pb.UserCreated))
-	return nil
-}
+func (c *countingNotifier) Notify() { c.n.Add(1) }
 
 // fakeClock is a settable clock for the limiter.
 type fakeClock struct {
@@ -152,7 +144,7 @@ type testHandler struct {
 	*handler
 	store  *fakeStore
 	hasher *countingHasher
-	pub    *fakePublisher
+	notify *countingNotifier
 	clock  *fakeClock
 	logs   *syncBuffer
 }
@@ -164,12 +156,12 @@ func newTestHandler(t testing.TB) *testHandler {
 	th := &testHandler{
 		store:  &fakeStore{},
 		hasher: &countingHasher{},
-		pub:    &fakePublisher{},
+		notify: &countingNotifier{},
 		clock:  &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
 		logs:   &syncBuffer{},
 	}
 	log := slog.New(slog.NewJSONHandler(th.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := newHandler(th.store, th.hasher, newTokenService([]byte(testSecret), time.Hour), th.pub,
+	h, err := newHandler(th.store, th.hasher, newTokenService([]byte(testSecret), time.Hour), th.notify,
 		newAuthLimiter(5, time.Minute, th.clock.Now), log)
 	if err != nil {
 		t.Fatalf("newHandler: %v", err)
@@ -266,7 +258,7 @@ func TestCreateValidation(t *testing.T) {
 	}
 }
 
-func TestCreateReturnsUserWithoutPasswordAndPublishes(t *testing.T) {
+func TestCreateReturnsUserWithoutPasswordAndEnqueuesEvent(t *testing.T) {
 	th := newTestHandler(t)
 	const name = "'); DROP TABLE users;--"
 	res := th.create(t, name, "  Ada@Example.COM ", "correct horse")
@@ -284,10 +276,13 @@ func TestCreateReturnsUserWithoutPasswordAndPublishes(t *testing.T) {
 	if err != nil || claims.Subject != res.User.Id {
 		t.Errorf("Create token decodes to %v, %v; want subject %s", claims, err, res.User.Id)
 	}
-	if len(th.pub.events) != 1 {
-		t.Fatalf("Create published %d events; want 1", len(th.pub.events))
+	if len(th.store.events) != 1 {
+		t.Fatalf("Create stored %d events; want 1", len(th.store.events))
 	}
-	ev := th.pub.events[0]
+	if n := th.notify.n.Load(); n != 1 {
+		t.Errorf("Create notified the relay %d times; want 1", n)
+	}
+	ev := th.store.events[0]
 	if ev.EventId == "" || ev.UserId != res.User.Id || ev.Name != name || ev.Email != "ada@example.com" || ev.Company != "Acme" || ev.CreatedAtUnixMs == 0 {
 		t.Errorf("event = %v; want ids, name, company, email and time of the new user", ev)
 	}
@@ -308,22 +303,23 @@ func TestCreateDuplicateEmailConflict(t *testing.T) {
 	if code(err) != 409 {
 		t.Fatalf("Create(duplicate in other case) = %v; want 409 Conflict", err)
 	}
-	if len(th.pub.events) != 1 {
-		t.Errorf("published %d events; want 1 (none for the refused duplicate)", len(th.pub.events))
+	if len(th.store.events) != 1 || th.notify.n.Load() != 1 {
+		t.Errorf("stored %d events, notified %d times; want 1 and 1 (nothing for the refused duplicate)",
+			len(th.store.events), th.notify.n.Load())
 	}
 }
 
-func TestCreatePublishFailureDoesNotFailCreate(t *testing.T) {
+// A store that cannot commit the user and its event fails Create with a 500
+// and wakes no relay.
+func TestCreateStoreFailureEnqueuesNothing(t *testing.T) {
 	th := newTestHandler(t)
-	th.pub.err = errors.New("broker down")
-	th.create(t, "Ada", "ada@example.com", "password1")
-	th.create(t, "Bob", "bob@example.com", "password2")
-	if got := th.publishFailures.Load(); got != 2 {
-		t.Errorf("publishFailures = %d; want 2", got)
+	th.store.err = errors.New("outbox: enqueue event: relation \"outbox_events\" does not exist")
+	err := th.Create(context.Background(), &pb.User{Name: "Ada", Email: "ada@example.com", Password: "password1"}, &pb.Response{})
+	if code(err) != 500 || strings.Contains(err.Error(), "outbox") {
+		t.Errorf("Create with a failing store = %v; want 500 without internals", err)
 	}
-	logs := th.logs.String()
-	if !strings.Contains(logs, `"failed_total":2`) || !strings.Contains(logs, `"event_id"`) || !strings.Contains(logs, "broker down") {
-		t.Errorf("logs lack the failed publish with event_id and failed_total:\n%s", logs)
+	if n := th.notify.n.Load(); n != 0 || len(th.store.events) != 0 {
+		t.Errorf("notified %d times, stored %d events; want 0 and 0", n, len(th.store.events))
 	}
 }
 
@@ -518,7 +514,7 @@ func TestNoSecretsLeave(t *testing.T) {
 	_ = th.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password + "x"}, &pb.Token{})
 	_ = th.ValidateToken(ctx, &pb.Token{Token: tok.Token}, valid)
 	out = append(out, created, got, all, tok, valid)
-	for _, ev := range th.pub.events {
+	for _, ev := range th.store.events {
 		out = append(out, ev)
 	}
 

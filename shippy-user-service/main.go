@@ -1,5 +1,6 @@
 // Command shippy-user-service is go.micro.srv.user: it stores users, hashes
-// their passwords with bcrypt, signs JWTs and publishes user.created.
+// their passwords with bcrypt, signs JWTs and publishes user.created through
+// a transactional outbox.
 package main
 
 import (
@@ -9,10 +10,14 @@ import (
 	"os/signal"
 	"syscall"
 
-	"go-micro.dev/v6"
+	"github.com/shippy/shippy/internal/healthcheck"
 )
 
 func main() {
+	// Container images have no shell: `shippy-user-service healthcheck` is the probe.
+	if healthcheck.Requested(os.Args) {
+		os.Exit(healthcheck.Main())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx); err != nil {
@@ -35,9 +40,10 @@ func run(ctx context.Context) error {
 	}
 	defer store.Close()
 
-	srv, _, err := newService(cfg, store, log, micro.Context(ctx), micro.HandleSignal(false))
+	svc, err := newService(cfg, store, log)
 	if err != nil {
 		return err
 	}
-	return srv.Run()
+	// Stops the RPC server, then the relay; the deferred Close runs last.
+	return svc.serve(ctx)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"go-micro.dev/v6/registry"
 	natsregistry "go-micro.dev/v6/registry/nats"
 
+	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/natstest"
 	pb "github.com/shippy/shippy/proto/user"
@@ -35,9 +37,9 @@ func testCfg(codec string) Config {
 // startUserService runs the user-service in-process on a random port,
 // registered in the NATS registry at natsURL and publishing on the NATS
 // broker there, and waits until it is registered.
-func startUserService(t *testing.T, cfg Config, store userStore, natsURL string, log *slog.Logger) *handler {
+func startUserService(t *testing.T, cfg Config, store *Store, natsURL string, log *slog.Logger) *userService {
 	t.Helper()
-	srv, h, err := newService(cfg, store, log,
+	svc, err := newService(cfg, store, log,
 		micro.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))),
 		micro.Broker(natsbroker.NewNatsBroker(broker.Addrs(natsURL))),
 		micro.Address("127.0.0.1:0"),
@@ -45,16 +47,39 @@ func startUserService(t *testing.T, cfg Config, store userStore, natsURL string,
 	if err != nil {
 		t.Fatalf("newService = %v", err)
 	}
-	if err := srv.Start(); err != nil {
-		t.Fatalf("start user-service: %v", err)
+	serveInBackground(t, svc)
+	waitRegistered(t, natsURL, serviceName)
+	return svc
+}
+
+// serveInBackground runs svc.serve, as main does, until stop is called or
+// the test ends; stop returns serve's error.
+func serveInBackground(t *testing.T, svc *userService) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- svc.serve(ctx) }()
+	var (
+		once sync.Once
+		err  error
+	)
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-errc:
+			case <-time.After(30 * time.Second): // a hang guard, not a timing assertion
+				err = errors.New("serve did not return within 30s of its context's end")
+			}
+		})
+		return err
 	}
 	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("stop user-service: %v", err)
 		}
 	})
-	waitRegistered(t, natsURL, serviceName)
-	return h
+	return stop
 }
 
 // waitRegistered polls a registry of its own, as another process would,
@@ -220,7 +245,8 @@ func (r *received) find(userID string) (*pb.UserCreated, *broker.Message) {
 }
 
 // Both codecs reach a go-micro subscriber taking *pb.UserCreated over a real
-// NATS broker, and the raw message carries the documented headers.
+// NATS broker, through the outbox relay, and the raw message carries the
+// documented headers.
 func TestEventsReachSubscriber(t *testing.T) {
 	for _, codec := range []string{codecProto, codecJSON} {
 		t.Run(codec, func(t *testing.T) {
@@ -263,14 +289,14 @@ func TestEventsReachSubscriber(t *testing.T) {
 			}
 
 			store := openTestStore(t, Config{Driver: driverSQLite, DSN: t.TempDir() + "/u.db"})
-			h := startUserService(t, testCfg(codec), store, natsURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			svc := startUserService(t, testCfg(codec), store, natsURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			waitRegistered(t, natsURL, "shippy.test.subscriber")
 
 			// NATS subscriptions become active asynchronously: publish probes
 			// through the service's publisher until both receivers see one.
 			deadline := time.Now().Add(15 * time.Second)
 			for {
-				if err := h.publisher.Publish(context.Background(), &pb.UserCreated{EventId: "probe", UserId: "probe"}); err != nil {
+				if err := svc.publisher.Publish(context.Background(), &pb.UserCreated{EventId: "probe", UserId: "probe"}); err != nil {
 					t.Fatalf("publish probe: %v", err)
 				}
 				if ev, raw := got.find("probe"); ev != nil && raw != nil {
@@ -315,9 +341,13 @@ func TestEventsReachSubscriber(t *testing.T) {
 			if topic := raw.Header["Micro-Topic"]; topic != pb.TopicUserCreated {
 				t.Errorf("Micro-Topic = %q; want %q", topic, pb.TopicUserCreated)
 			}
+			// Both codecs carry the event id the JetStream broker dedupes by.
+			if raw.Header[jsbroker.HeaderEventID] != ev.EventId {
+				t.Errorf("headers = %v; want %s=%s", raw.Header, jsbroker.HeaderEventID, ev.EventId)
+			}
 			if codec == codecJSON {
-				if raw.Header[headerUserID] != id || raw.Header[headerEventID] != ev.EventId {
-					t.Errorf("headers = %v; want %s=%s and %s=%s", raw.Header, headerUserID, id, headerEventID, ev.EventId)
+				if raw.Header[headerUserID] != id {
+					t.Errorf("headers = %v; want %s=%s", raw.Header, headerUserID, id)
 				}
 				var m map[string]any
 				if err := json.Unmarshal(raw.Body, &m); err != nil || m["user_id"] != id || m["event_id"] != ev.EventId {

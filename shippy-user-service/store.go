@@ -10,9 +10,13 @@ import (
 
 	"github.com/glebarez/sqlite"
 	"github.com/jackc/pgx/v5/pgconn"
+	"google.golang.org/protobuf/proto"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	gormlogger "gorm.io/gorm/logger"
+
+	"github.com/shippy/shippy/internal/outbox"
+	pb "github.com/shippy/shippy/proto/user"
 )
 
 var (
@@ -40,7 +44,8 @@ type Store struct {
 	db *gorm.DB
 }
 
-// openStore connects to the configured database and migrates the schema.
+// openStore connects to the configured database and migrates the schema:
+// the users table and the outbox's table.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	gcfg := &gorm.Config{Logger: newGormLogger(log), NowFunc: func() time.Time { return time.Now().UTC() }}
 	var (
@@ -90,7 +95,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := s.db.WithContext(ctx).AutoMigrate(&User{}); err != nil {
 		return fmt.Errorf("migrate users table: %w", err)
 	}
-	return nil
+	return outbox.Migrate(ctx, s.db)
 }
 
 // Close closes the connection pool.
@@ -102,13 +107,21 @@ func (s *Store) Close() error {
 	return sqlDB.Close()
 }
 
-// Create inserts u. A user with the same email gives errEmailTaken.
-//
-// The insert runs in a transaction so that a later transactional outbox only
-// adds its event row next to insertUser.
-func (s *Store) Create(ctx context.Context, u *User) error {
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		return insertUser(tx, u)
+// Create inserts u and enqueues ev, its user.created event, in one
+// transaction: the user exists only if its event will be published, and an
+// event is never published for a user that was rolled back. A user with the
+// same email gives errEmailTaken.
+func (s *Store) Create(ctx context.Context, u *User, ev *pb.UserCreated) error {
+	payload, err := proto.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("create user: encode event %s: %w", ev.GetEventId(), err)
+	}
+	msg := outbox.Message{EventID: ev.GetEventId(), Topic: pb.TopicUserCreated, Payload: payload}
+	err = s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := insertUser(tx, u); err != nil {
+			return err
+		}
+		return outbox.Enqueue(ctx, tx, msg)
 	})
 	if err != nil {
 		return fmt.Errorf("create user: %w", err)

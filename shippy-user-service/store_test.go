@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/shippy/shippy/internal/outbox"
 	"github.com/shippy/shippy/internal/pgtest"
+	pb "github.com/shippy/shippy/proto/user"
 )
 
 // storeBackends opens a fresh store per backend: SQLite in a temporary
@@ -58,6 +61,14 @@ func newTestUser(email string) *User {
 	}
 }
 
+// newTestEvent is u's user.created event, as the handler builds it.
+func newTestEvent(u *User) *pb.UserCreated {
+	return &pb.UserCreated{
+		EventId: uuid.NewString(), UserId: u.ID, Name: u.Name, Company: u.Company, Email: u.Email,
+		CreatedAtUnixMs: u.CreatedAt.UnixMilli(),
+	}
+}
+
 func TestStore(t *testing.T) {
 	for _, b := range storeBackends {
 		t.Run(b.name, func(t *testing.T) {
@@ -66,12 +77,12 @@ func TestStore(t *testing.T) {
 			ctx := context.Background()
 
 			ada := newTestUser("ada@example.com")
-			if err := s.Create(ctx, ada); err != nil {
+			if err := s.Create(ctx, ada, newTestEvent(ada)); err != nil {
 				t.Fatalf("Create(%q) = %v; want nil", ada.Email, err)
 			}
 			bob := newTestUser("bob@example.com")
 			bob.CreatedAt = ada.CreatedAt.Add(time.Second)
-			if err := s.Create(ctx, bob); err != nil {
+			if err := s.Create(ctx, bob, newTestEvent(bob)); err != nil {
 				t.Fatalf("Create(%q) = %v; want nil", bob.Email, err)
 			}
 
@@ -99,7 +110,7 @@ func TestStore(t *testing.T) {
 			}
 
 			dup := newTestUser("ada@example.com")
-			if err := s.Create(ctx, dup); !errors.Is(err, errEmailTaken) {
+			if err := s.Create(ctx, dup, newTestEvent(dup)); !errors.Is(err, errEmailTaken) {
 				t.Errorf("Create(duplicate email) = %v; want errEmailTaken", err)
 			}
 
@@ -130,7 +141,8 @@ func TestStoreConcurrentCreateSameEmail(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					<-start
-					errs[i] = s.Create(context.Background(), newTestUser("race@example.com"))
+					u := newTestUser("race@example.com")
+					errs[i] = s.Create(context.Background(), u, newTestEvent(u))
 				}()
 			}
 			close(start)
@@ -166,7 +178,8 @@ func TestStoreUniqueIndexInSchema(t *testing.T) {
 			t.Parallel()
 			s := b.open(t)
 			ctx := context.Background()
-			if err := s.Create(ctx, newTestUser("idx@example.com")); err != nil {
+			u := newTestUser("idx@example.com")
+			if err := s.Create(ctx, u, newTestEvent(u)); err != nil {
 				t.Fatalf("Create = %v", err)
 			}
 			err := s.db.WithContext(ctx).Exec(
@@ -177,6 +190,87 @@ func TestStoreUniqueIndexInSchema(t *testing.T) {
 			}
 			if err != nil {
 				t.Logf("database said: %v", fmt.Sprint(err))
+			}
+		})
+	}
+}
+
+// A user is stored only with its event: whatever makes the outbox insert fail
+// rolls the user back, and a refused user leaves no event.
+func TestStoreCreateIsAtomicWithItsEvent(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			s := b.open(t)
+			ctx := context.Background()
+			events := func(eventID string) []outbox.Event {
+				t.Helper()
+				var rows []outbox.Event
+				if err := s.db.WithContext(ctx).Where("event_id = ?", eventID).Find(&rows).Error; err != nil {
+					t.Fatalf("read outbox rows: %v", err)
+				}
+				return rows
+			}
+			stored := func(u *User) bool {
+				t.Helper()
+				_, err := s.Get(ctx, u.ID)
+				if err != nil && !errors.Is(err, errUserNotFound) {
+					t.Fatalf("Get(%s) = %v", u.ID, err)
+				}
+				return err == nil
+			}
+
+			ada := newTestUser("ada@example.com")
+			adaEv := newTestEvent(ada)
+			if err := s.Create(ctx, ada, adaEv); err != nil {
+				t.Fatalf("Create(%q) = %v; want nil", ada.Email, err)
+			}
+			rows := events(adaEv.EventId)
+			if len(rows) != 1 || rows[0].Topic != pb.TopicUserCreated || rows[0].PublishedAt != nil {
+				t.Fatalf("outbox rows for %s = %+v; want one pending %s row", adaEv.EventId, rows, pb.TopicUserCreated)
+			}
+			got := &pb.UserCreated{}
+			if err := proto.Unmarshal(rows[0].Payload, got); err != nil || !proto.Equal(got, adaEv) {
+				t.Errorf("outbox payload decodes to %v, %v; want %v", got, err, adaEv)
+			}
+
+			dupEmail := newTestUser("ada@example.com")
+			dupEmailEv := newTestEvent(dupEmail)
+			if err := s.Create(ctx, dupEmail, dupEmailEv); !errors.Is(err, errEmailTaken) {
+				t.Errorf("Create(taken email) = %v; want errEmailTaken", err)
+			}
+			if rows := events(dupEmailEv.EventId); len(rows) != 0 {
+				t.Errorf("refused user left outbox rows %+v; want none", rows)
+			}
+
+			tests := []struct {
+				name    string
+				prepare func(t *testing.T, ev *pb.UserCreated)
+				wantErr error // nil: any error but errEmailTaken
+			}{
+				{"duplicate event id", func(_ *testing.T, ev *pb.UserCreated) { ev.EventId = adaEv.EventId }, nil},
+				{"empty event id", func(_ *testing.T, ev *pb.UserCreated) { ev.EventId = "" }, outbox.ErrInvalidMessage},
+				// Last: the table stays dropped.
+				{"outbox table missing", func(t *testing.T, _ *pb.UserCreated) {
+					if err := s.db.WithContext(ctx).Migrator().DropTable(&outbox.Event{}); err != nil {
+						t.Fatalf("drop outbox table: %v", err)
+					}
+				}, nil},
+			}
+			for i, tt := range tests {
+				u := newTestUser(fmt.Sprintf("user%d@example.com", i))
+				ev := newTestEvent(u)
+				tt.prepare(t, ev)
+				err := s.Create(ctx, u, ev)
+				switch {
+				case err == nil || errors.Is(err, errEmailTaken):
+					t.Errorf("%s: Create(%q) = %v; want an outbox error", tt.name, u.Email, err)
+				case tt.wantErr != nil && !errors.Is(err, tt.wantErr):
+					t.Errorf("%s: Create(%q) = %v; want %v", tt.name, u.Email, err, tt.wantErr)
+				}
+				if stored(u) {
+					t.Errorf("%s: user %q is stored; want it rolled back with its event", tt.name, u.Email)
+				}
 			}
 		})
 	}
