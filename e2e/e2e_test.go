@@ -20,6 +20,7 @@ import (
 	natsreg "go-micro.dev/v6/registry/nats"
 	"gopkg.in/yaml.v3"
 
+	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
 	pb "github.com/shippy/shippy/proto/user"
@@ -71,7 +72,9 @@ func TestCreateUserSendsOneWelcomeEmail(t *testing.T) {
 
 			var wire *wireTap
 			if mode.wireTap {
-				wire = tapTopic(t, st.natsURL, pb.TopicUserCreated)
+				// docker-compose.yml's broker is jetstream, which stores
+				// topic T under subject shippy.events.T.
+				wire = tapTopic(t, st.natsURL, jsbroker.DefaultSubjectPrefix+"."+pb.TopicUserCreated)
 			}
 
 			name := "Ada Lovelace " + randomSuffix(t)
