@@ -1,0 +1,104 @@
+// Package bench measures every shippy path against its physical baseline
+// (bcrypt, NATS, JetStream) in the same process run, so that the figures that
+// matter are ratios and hold on a noisy, shared 2-core machine.
+//
+// Each benchmark runs a fixed workload (scaled by b.N; run with -benchtime=1x),
+// alternating baseline and subject in halves, reports both figures and their
+// ratio with b.ReportMetric, and prints a line `ratio: <pair> = <value>`
+// where higher is better. bench/run.sh runs them all (make bench).
+package bench
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// result is one measured workload.
+type result struct {
+	ops  int
+	errs int
+	dur  time.Duration
+	lat  []time.Duration // sorted
+}
+
+func (r result) perSec() float64 { return float64(r.ops) / r.dur.Seconds() }
+
+func (r result) pct(p float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p/100*float64(len(r.lat)))) - 1
+	return r.lat[max(0, min(i, len(r.lat)-1))]
+}
+
+func (r result) merge(o result) result {
+	lat := append(append([]time.Duration(nil), r.lat...), o.lat...)
+	slices.Sort(lat)
+	return result{ops: r.ops + o.ops, errs: r.errs + o.errs, dur: r.dur + o.dur, lat: lat}
+}
+
+// run calls op n times from conc goroutines and records each call's latency.
+func run(n, conc int, op func(i int) error) result {
+	var next, errs atomic.Int64
+	lat := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				t0 := time.Now()
+				if err := op(i); err != nil {
+					errs.Add(1)
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	r := result{ops: n, errs: int(errs.Load()), dur: time.Since(start), lat: lat}
+	slices.Sort(r.lat)
+	return r
+}
+
+// alternate measures base and subj in two interleaved halves each
+// (base, subj, subj, base), so that a burst of load from elsewhere on the
+// machine hits both about equally.
+func alternate(half int, base, subj func(n int) result) (result, result) {
+	b1 := base(half)
+	s1 := subj(half)
+	s2 := subj(half)
+	b2 := base(half)
+	return b1.merge(b2), s1.merge(s2)
+}
+
+// checkErrs fails the benchmark when a measured call failed: a figure with
+// failed calls in it would flatter the subject.
+func checkErrs(b *testing.B, what string, r result) {
+	b.Helper()
+	if r.errs > 0 {
+		b.Fatalf("%s: %d of %d calls failed", what, r.errs, r.ops)
+	}
+}
+
+// ratio prints the pair's line for run.sh and reports it as a metric.
+// Higher is better: subject/baseline for throughput, baseline/subject for
+// latency and memory.
+func ratio(b *testing.B, pair string, v float64) {
+	b.Helper()
+	b.ReportMetric(v, pair+"-ratio")
+	fmt.Printf("ratio: %s = %.3f\n", pair, v)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go-micro.dev/v6"
+	"go-micro.dev/v6/client"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/natstest"
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+// rpcCallers are the concurrent callers of pair 3.
+var rpcCallers = []int{1, 16}
+
+// Echo is the framework's floor: a go-micro handler that does nothing but
+// answer with its request, the same message type ValidateToken uses.
+type Echo struct{}
+
+func (Echo) Echo(_ context.Context, req *pb.Token, rsp *pb.Token) error {
+	rsp.Token, rsp.Valid = req.Token, true
+	return nil
+}
+
+const echoService = "bench.echo"
+
+// startEcho runs Echo in this process as a go-micro service built by
+// microenv from the current MICRO_* environment plus opts, and returns a
+// client built the same way.
+func startEcho(b *testing.B, natsURL string, opts ...micro.Option) (client.Client, func()) {
+	b.Helper()
+	srv, err := microenv.NewService(echoService, append([]micro.Option{micro.Address("127.0.0.1:0")}, opts...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Server().Handle(srv.Server().NewHandler(Echo{})); err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Server().Start(); err != nil {
+		b.Fatalf("start echo: %v", err)
+	}
+	var once sync.Once
+	stop := func() { once.Do(func() { srv.Server().Stop() }) }
+	b.Cleanup(stop)
+	waitRegistered(b, natsURL, echoService, nil)
+	cli, err := microenv.NewService("bench.echo.client", opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cli.Client(), stop
+}
+
+func echoCall(c client.Client, payload string) func(int) error {
+	ctx := context.Background()
+	return func(int) error {
+		req := c.NewRequest(echoService, "Echo.Echo", &pb.Token{Token: payload})
+		rsp := &pb.Token{}
+		return c.Call(ctx, req, rsp)
+	}
+}
+
+// rawNATS is the transport's floor: a nats.go responder echoing the request
+// bytes, and a requester on another connection.
+func rawNATS(b *testing.B, natsURL string, payload []byte) func(int) error {
+	b.Helper()
+	srvConn, err := nats.Connect(natsURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(srvConn.Close)
+	subject := "bench.raw." + nats.NewInbox()[7:]
+	if _, err := srvConn.Subscribe(subject, func(m *nats.Msg) { m.Respond(m.Data) }); err != nil {
+		b.Fatal(err)
+	}
+	srvConn.Flush()
+	cliConn, err := nats.Connect(natsURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cliConn.Close)
+	return func(int) error {
+		_, err := cliConn.Request(subject, payload, 5*time.Second)
+		return err
+	}
+}
+
+// setComposeMicroEnv gives this process the MICRO_* variables docker-compose.yml
+// gives the user-service, pointed at natsURL.
+func setComposeMicroEnv(b *testing.B, natsURL string) {
+	b.Helper()
+	for k, v := range localEnv(b, composeEnv(b, "user-service"), natsURL, "") {
+		if strings.HasPrefix(k, "MICRO_") && k != "MICRO_SERVER_ADDRESS" {
+			b.Setenv(k, v)
+		}
+	}
+}
+
+// BenchmarkValidateToken is pair 3: the ValidateToken RPC to the running
+// user-service against raw NATS request/reply with the same payload and
+// callers, and against the Echo handler, all with docker-compose.yml's
+// go-micro configuration.
+func BenchmarkValidateToken(b *testing.B) {
+	users, _, natsURL := userStack(b, map[string]string{"BCRYPT_COST": "4"})
+	ctx := context.Background()
+	rsp, err := users.Create(ctx, &pb.User{Name: "Token Bench", Email: "token.bench@example.com", Password: benchPassword})
+	if err != nil {
+		b.Fatalf("Create: %v", err)
+	}
+	token := rsp.Token.Token
+	payload, _ := proto.Marshal(&pb.Token{Token: token})
+	raw := rawNATS(b, natsURL, payload)
+	setComposeMicroEnv(b, natsURL)
+	echoClient, _ := startEcho(b, natsURL)
+	echo := echoCall(echoClient, token)
+	validate := func(int) error {
+		r, err := users.ValidateToken(ctx, &pb.Token{Token: token})
+		if err == nil && !r.Valid {
+			err = fmt.Errorf("token not valid")
+		}
+		return err
+	}
+	for _, conc := range rpcCallers {
+		half := b.N * 500 * max(1, conc/4)
+		run(half/10, conc, validate) // warm connections
+		run(half/10, conc, echo)
+		rawR, subj := alternate(half, func(n int) result { return run(n, conc, raw) }, func(n int) result { return run(n, conc, validate) })
+		_, echoR := alternate(half/2, func(n int) result { return result{} }, func(n int) result { return run(n, conc, echo) })
+		checkErrs(b, "ValidateToken", subj)
+		checkErrs(b, "Echo", echoR)
+		checkErrs(b, "raw NATS", rawR)
+		c := fmt.Sprintf("c%d", conc)
+		b.ReportMetric(rawR.perSec(), c+"-rawnats/s")
+		b.ReportMetric(echoR.perSec(), c+"-echo/s")
+		b.ReportMetric(subj.perSec(), c+"-validate/s")
+		b.ReportMetric(us(rawR.pct(99)), c+"-rawnats-p99-us")
+		b.ReportMetric(us(echoR.pct(99)), c+"-echo-p99-us")
+		b.ReportMetric(us(subj.pct(99)), c+"-validate-p99-us")
+		b.ReportMetric(us(subj.pct(50)), c+"-validate-p50-us")
+		ratio(b, "3-validate-vs-rawnats-"+c, subj.perSec()/rawR.perSec())
+		ratio(b, "3-validate-vs-echo-"+c, subj.perSec()/echoR.perSec())
+		ratio(b, "3-validate-p99-vs-rawnats-"+c, float64(rawR.pct(99))/float64(subj.pct(99)))
+	}
+}
+
+// BenchmarkTuneEcho is the measurement behind the chosen go-micro
+// configuration: the Echo RPC in this process under each candidate, against
+// raw NATS request/reply in the same run.
+func BenchmarkTuneEcho(b *testing.B) {
+	ns := natstest.Start(b)
+	payload := strings.Repeat("x", 240) // about a shippy JWT
+	wire, _ := proto.Marshal(&pb.Token{Token: payload})
+	raw := rawNATS(b, ns.URL(), wire)
+	protoCT := func(o *micro.Options) { _ = o.Client.Init(client.ContentType("application/protobuf")) }
+	configs := []struct {
+		name string
+		env  map[string]string
+		opts []micro.Option
+	}{
+		{"http-json", map[string]string{}, nil},
+		{"http-proto", map[string]string{}, []micro.Option{protoCT}},
+		{"http-pool1-proto", map[string]string{"MICRO_CLIENT_POOL_SIZE": "1"}, []micro.Option{protoCT}},
+		{"nats-json", map[string]string{"MICRO_TRANSPORT": "nats", "MICRO_TRANSPORT_ADDRESS": ns.URL()}, nil},
+		{"nats-proto", map[string]string{"MICRO_TRANSPORT": "nats", "MICRO_TRANSPORT_ADDRESS": ns.URL()}, []micro.Option{protoCT}},
+	}
+	b.Setenv("MICRO_REGISTRY", "nats")
+	b.Setenv("MICRO_REGISTRY_ADDRESS", ns.URL())
+	b.Setenv("MICRO_BROKER", "nats")
+	b.Setenv("MICRO_BROKER_ADDRESS", ns.URL())
+	for _, cfg := range configs {
+		b.Run(cfg.name, func(b *testing.B) {
+			for _, k := range []string{"MICRO_TRANSPORT", "MICRO_TRANSPORT_ADDRESS", "MICRO_CLIENT_POOL_SIZE"} {
+				b.Setenv(k, cfg.env[k])
+			}
+			echoClient, stop := startEcho(b, ns.URL(), cfg.opts...)
+			echo := echoCall(echoClient, payload)
+			for _, conc := range rpcCallers {
+				half := b.N * 300 * max(1, conc/4)
+				run(half/10, conc, echo)
+				rawR, subj := alternate(half, func(n int) result { return run(n, conc, raw) }, func(n int) result { return run(n, conc, echo) })
+				checkErrs(b, cfg.name, subj)
+				c := fmt.Sprintf("%s-c%d", cfg.name, conc)
+				b.ReportMetric(subj.perSec(), c+"/s")
+				b.ReportMetric(us(subj.pct(99)), c+"-p99-us")
+				fmt.Printf("tune: %-18s c%-2d echo %7.0f/s p50 %6.0fus p99 %7.0fus | raw nats %7.0f/s p99 %6.0fus | ratio %.3f\n",
+					cfg.name, conc, subj.perSec(), us(subj.pct(50)), us(subj.pct(99)), rawR.perSec(), us(rawR.pct(99)), subj.perSec()/rawR.perSec())
+			}
+			stop()
+		})
+	}
+}

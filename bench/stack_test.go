@@ -1,0 +1,277 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go-micro.dev/v6/client"
+	"go-micro.dev/v6/logger"
+	"go-micro.dev/v6/registry"
+	natsreg "go-micro.dev/v6/registry/nats"
+	"gopkg.in/yaml.v3"
+
+	"github.com/shippy/shippy/internal/microenv"
+	pb "github.com/shippy/shippy/proto/user"
+)
+
+// The services are `package main`: they run as processes, built once per
+// benchmark binary, exactly as deployed.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	// go-micro's start/stop lines in this process would bury the results.
+	logger.DefaultLogger = logger.NewLogger(logger.WithLevel(logger.WarnLevel))
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func binaries(b *testing.B) string {
+	b.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "shippy-bench-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+string(filepath.Separator),
+			"./shippy-user-service", "./shippy-email-service")
+		cmd.Dir = ".."
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		buildErr = cmd.Run()
+	})
+	if buildErr != nil {
+		b.Fatalf("build the services: %v", buildErr)
+	}
+	return binDir
+}
+
+// composeEnv is a service's environment in docker-compose.yml, with the
+// x-micro-env anchor merged in: the benchmarks measure the shipped defaults.
+func composeEnv(b *testing.B, service string) map[string]string {
+	b.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "docker-compose.yml"))
+	if err != nil {
+		b.Fatalf("read docker-compose.yml: %v", err)
+	}
+	var file struct {
+		Services map[string]struct {
+			Environment map[string]string `yaml:"environment"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(raw, &file); err != nil {
+		b.Fatalf("parse docker-compose.yml: %v", err)
+	}
+	svc, ok := file.Services[service]
+	if !ok {
+		b.Fatalf("docker-compose.yml has no service %q", service)
+	}
+	return svc.Environment
+}
+
+// localEnv swaps compose's hosts for this run's NATS server and database.
+func localEnv(b *testing.B, env map[string]string, natsURL, dbURL string) map[string]string {
+	b.Helper()
+	out := map[string]string{}
+	for k, v := range env {
+		out[k] = strings.ReplaceAll(v, "nats://nats:4222", natsURL)
+	}
+	out["MICRO_SERVER_ADDRESS"] = "127.0.0.1:0"
+	out["LOG_LEVEL"] = "warn" // one JSON line per event on stderr is not what is measured
+	if _, ok := env["DB_HOST"]; ok {
+		u, err := url.Parse(dbURL)
+		if err != nil {
+			b.Fatalf("parse database URL: %v", err)
+		}
+		pass, _ := u.User.Password()
+		port := u.Port()
+		if port == "" {
+			port = "5432"
+		}
+		out["DB_HOST"], out["DB_PORT"], out["DB_USER"], out["DB_PASSWORD"], out["DB_NAME"] =
+			u.Hostname(), port, u.User.Username(), pass, strings.TrimPrefix(u.Path, "/")
+		out["JWT_SECRET"] = "bench-secret-0123456789abcdef0123456789abcdef"
+	}
+	for k, v := range out {
+		if strings.Contains(v, "nats:4222") || strings.Contains(v, "${") {
+			b.Fatalf("docker-compose.yml value %s=%q was not made local", k, v)
+		}
+	}
+	return out
+}
+
+// environ keeps the parent environment minus anything configuring shippy.
+func environ(env map[string]string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "MICRO_") || strings.HasPrefix(k, "DB_") || strings.HasPrefix(k, "JWT_") ||
+			strings.HasPrefix(k, "EMAIL_") || k == "DATABASE_URL" || k == "EVENTS_CODEC" || k == "BCRYPT_COST" {
+			continue
+		}
+		out = append(out, kv)
+	}
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	stderr *tailBuffer
+	exited chan struct{}
+	lines  chan stampedLine // stdout lines with their arrival time
+}
+
+type stampedLine struct {
+	at   time.Time
+	text string
+}
+
+// startProcess runs a service binary. Its stdout is read line by line and
+// each line is stamped with the time the benchmark process received it.
+func startProcess(b *testing.B, name string, env map[string]string) *process {
+	b.Helper()
+	p := &process{name: name, stderr: &tailBuffer{}, exited: make(chan struct{}), lines: make(chan stampedLine, 1<<16)}
+	p.cmd = exec.Command(filepath.Join(binaries(b), name))
+	p.cmd.Env = environ(env)
+	p.cmd.Dir = b.TempDir()
+	p.cmd.Stderr = p.stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		b.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			l := stampedLine{at: time.Now(), text: sc.Text()}
+			select {
+			case p.lines <- l:
+			default: // nobody is listening: drop rather than block the service
+			}
+		}
+		io.Copy(io.Discard, out)
+	}()
+	go func() { p.cmd.Wait(); close(p.exited) }()
+	b.Cleanup(func() {
+		p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if b.Failed() {
+			b.Logf("%s stderr (tail):\n%s", name, p.stderr)
+		}
+	})
+	return p
+}
+
+// rssKiB reads VmRSS from the process's own statistics.
+func (p *process) rssKiB(b *testing.B) float64 {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatalf("read %s status: %v", p.name, err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			if err != nil {
+				b.Fatalf("parse %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	b.Fatalf("%s: no VmRSS in /proc status", p.name)
+	return 0
+}
+
+// waitRegistered polls the NATS registry until service has a node; asking
+// through a go-micro client first would cache the miss for 5 s.
+func waitRegistered(b *testing.B, natsURL, service string, p *process) {
+	b.Helper()
+	reg := natsreg.NewNatsRegistry(registry.Addrs(natsURL))
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		svcs, err := reg.GetService(service)
+		if err == nil && len(svcs) > 0 && len(svcs[0].Nodes) > 0 {
+			return
+		}
+		if p != nil {
+			select {
+			case <-p.exited:
+				b.Fatalf("%s exited before it registered:\n%s", p.name, p.stderr)
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s did not register within 60s (last error %v)", service, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// clientEnv sets, for this benchmark, the MICRO_* variables a client of the
+// services gets in docker-compose.yml (the CLI's), and returns a go-micro
+// client built by microenv from them, as the CLI builds its own.
+func clientEnv(b *testing.B, natsURL string) client.Client {
+	b.Helper()
+	for k, v := range localEnv(b, composeEnv(b, "user-cli"), natsURL, "") {
+		if strings.HasPrefix(k, "MICRO_") && k != "MICRO_SERVER_ADDRESS" {
+			b.Setenv(k, v)
+		}
+	}
+	srv, err := microenv.NewService("bench.client")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return srv.Client()
+}
+
+func userClient(b *testing.B, natsURL string) pb.UserService {
+	return pb.NewUserService("go.micro.srv.user", clientEnv(b, natsURL))
+}
+
+// tailBuffer keeps the last 64 KiB written to it.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > 64<<10 {
+		t.b = t.b[len(t.b)-64<<10:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
