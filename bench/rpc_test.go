@@ -158,16 +158,18 @@ func BenchmarkTuneEcho(b *testing.B) {
 	payload := strings.Repeat("x", 240) // about a shippy JWT
 	wire, _ := proto.Marshal(&pb.Token{Token: payload})
 	raw := rawNATS(b, ns.URL(), wire)
+	// microenv's default is protobuf; json is go-micro's own default.
 	protoCT := func(o *micro.Options) { _ = o.Client.Init(client.ContentType("application/protobuf")) }
+	jsonCT := func(o *micro.Options) { _ = o.Client.Init(client.ContentType("application/json")) }
 	configs := []struct {
 		name string
 		env  map[string]string
 		opts []micro.Option
 	}{
-		{"http-json", map[string]string{}, nil},
+		{"http-json", map[string]string{}, []micro.Option{jsonCT}},
 		{"http-proto", map[string]string{}, []micro.Option{protoCT}},
 		{"http-pool1-proto", map[string]string{"MICRO_CLIENT_POOL_SIZE": "1"}, []micro.Option{protoCT}},
-		{"nats-json", map[string]string{"MICRO_TRANSPORT": "nats", "MICRO_TRANSPORT_ADDRESS": ns.URL()}, nil},
+		{"nats-json", map[string]string{"MICRO_TRANSPORT": "nats", "MICRO_TRANSPORT_ADDRESS": ns.URL()}, []micro.Option{jsonCT}},
 		{"nats-proto", map[string]string{"MICRO_TRANSPORT": "nats", "MICRO_TRANSPORT_ADDRESS": ns.URL()}, []micro.Option{protoCT}},
 	}
 	b.Setenv("MICRO_REGISTRY", "nats")
