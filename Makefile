@@ -11,7 +11,7 @@ FUZZTIME   ?= 30s
 BENCH_COUNT ?= 1
 
 .PHONY: all build test test-short proto proto-check lint vet fmt run-user run-email run-cli \
-        demo up down vulncheck fuzz clean help
+        demo up down vulncheck bench fuzz clean help
 
 all: build
 
@@ -68,6 +68,9 @@ down: ## stop what 'make up' started
 
 vulncheck: ## govulncheck against an offline database built from golang.org/x/vulndb
 	bash tools/vulncheck/run.sh
+
+bench: ## every benchmark pair against its baseline in the same run (needs TEST_DATABASE_URL; see BENCH.md)
+	BENCH_COUNT=$(BENCH_COUNT) bash bench/run.sh
 
 fuzz: ## run every fuzz target for FUZZTIME each
 	bash scripts/fuzz.sh $(FUZZTIME)
