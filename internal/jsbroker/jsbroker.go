@@ -79,6 +79,12 @@ type counters struct {
 
 // Broker implements go-micro's broker.Broker on JetStream.
 type Broker struct {
+	// disconnecting serialises Disconnect: go-micro calls it in a goroutine
+	// of its own after Server.Stop returned, and a program that must not
+	// exit (or close what handlers use) before the handlers finished calls
+	// it too, to wait for the same disconnect.
+	disconnecting sync.Mutex
+
 	mu    sync.RWMutex
 	opts  broker.Options
 	cfg   config
@@ -263,8 +269,12 @@ func (b *Broker) ensureStreams(ctx context.Context, js jetstream.JetStream) erro
 }
 
 // Disconnect stops every subscription, letting running handlers finish and
-// their acks go out, then drains and closes the connection.
+// their acks go out, then drains and closes the connection. A call made
+// while another is under way returns when that one is done, so any caller
+// may wait for the disconnect go-micro starts in the background.
 func (b *Broker) Disconnect() error {
+	b.disconnecting.Lock()
+	defer b.disconnecting.Unlock()
 	b.mu.Lock()
 	subs := make([]*subscriber, 0, len(b.subs))
 	for s := range b.subs {

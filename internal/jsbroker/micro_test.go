@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/metadata"
@@ -143,5 +144,68 @@ func TestSelectedByMicroBrokerVariable(t *testing.T) {
 	t.Cleanup(func() { _ = b.Disconnect() })
 	if b.Address() != nats.URL() {
 		t.Errorf("Address() = %q; want %q from MICRO_BROKER_ADDRESS", b.Address(), nats.URL())
+	}
+}
+
+// A go-micro subscriber's error reaches the broker as go-micro's JSON error;
+// the dead letter carries its readable detail.
+func TestDeadLetterReasonThroughGoMicro(t *testing.T) {
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	dead, err := nc.SubscribeSync(jsbroker.DefaultDeadLetterPrefix + "." + pb.TopicUserCreated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	emailSrv := newService(t, "go.micro.srv.email", ns.URL())
+	handler := func(context.Context, *pb.UserCreated) error { return errors.New("smtp: 550 mailbox unavailable") }
+	if err := micro.RegisterSubscriber(pb.TopicUserCreated, emailSrv.Server(), handler, server.SubscriberQueue("email-service")); err != nil {
+		t.Fatalf("RegisterSubscriber = %v", err)
+	}
+	start(t, emailSrv)
+	userSrv := newService(t, "go.micro.srv.user", ns.URL())
+	start(t, userSrv)
+	ev := &pb.UserCreated{EventId: "ev-poison", UserId: "u-1", Name: "Ewan", Email: "ewan@example.com"}
+	if err := micro.NewEvent(pb.TopicUserCreated, userSrv.Client()).Publish(jsbroker.WithEventID(context.Background(), ev.EventId), ev); err != nil {
+		t.Fatalf("Publish = %v; want nil", err)
+	}
+
+	msg, err := dead.NextMsg(20 * time.Second)
+	if err != nil {
+		t.Fatalf("no dead letter: %v", err)
+	}
+	const want = "subscriber error: smtp: 550 mailbox unavailable"
+	if got := msg.Header.Get(jsbroker.HeaderDeadLetterReason); got != want {
+		t.Errorf("dead letter header %s = %q; want %q", jsbroker.HeaderDeadLetterReason, got, want)
+	}
+}
+
+func TestFinalRetryDelay(t *testing.T) {
+	s := time.Second
+	tests := []struct {
+		maxDeliver int
+		backoff    []time.Duration
+		want       time.Duration
+	}{
+		{jsbroker.DefaultMaxDeliver, jsbroker.DefaultBackoff, 15 * s},
+		{2, []time.Duration{s, 2 * s}, s},
+		{3, []time.Duration{s, 2 * s}, 2 * s},
+		{10, []time.Duration{s, 2 * s}, 2 * s}, // the last entry repeats
+		{1, []time.Duration{s}, 0},             // no retry at all
+	}
+	for _, tt := range tests {
+		if got := jsbroker.FinalRetryDelay(tt.maxDeliver, tt.backoff); got != tt.want {
+			t.Errorf("FinalRetryDelay(%d, %v) = %v; want %v", tt.maxDeliver, tt.backoff, got, tt.want)
+		}
+	}
+	if jsbroker.DefaultFinalRetryDelay != 15*s {
+		t.Errorf("DefaultFinalRetryDelay = %v; want 15s", jsbroker.DefaultFinalRetryDelay)
 	}
 }

@@ -24,8 +24,34 @@ const (
 )
 
 // DefaultBackoff is the delay before the 1st, 2nd, ... redelivery of a message
-// whose handler failed; the last entry repeats.
-var DefaultBackoff = []time.Duration{100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+// whose handler failed; the last entry repeats. With DefaultMaxDeliver a
+// failing message is dead-lettered 23s after its first failure (1+2+5+15),
+// and the last delivery comes 15s after the one before it: a subscriber
+// that fails deliveries while another holds the message under a lease
+// shorter than that (the email-service's 10s send lease) loses nothing, see
+// FinalRetryDelay.
+var DefaultBackoff = []time.Duration{1 * time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}
+
+// DefaultFinalRetryDelay is FinalRetryDelay(DefaultMaxDeliver, DefaultBackoff).
+var DefaultFinalRetryDelay = FinalRetryDelay(DefaultMaxDeliver, DefaultBackoff)
+
+// FinalRetryDelay is the delay before the last delivery a message gets
+// (the maxDeliver-th), after the delivery before it failed: the shortest
+// time between a failed delivery and the message's dead-lettering.
+//
+// It bounds leases held across deliveries. A subscriber that fails a
+// delivery because another delivery of the same message holds a lease on it
+// (and may have died holding it) must see the lease end before the
+// deliveries run out: whichever delivery took the lease, at least this long
+// passes between the next failed delivery and the last one. A lease shorter
+// than FinalRetryDelay therefore never gets a message dead-lettered while it
+// runs; 0 when maxDeliver < 2 (no retry at all).
+func FinalRetryDelay(maxDeliver int, backoff []time.Duration) time.Duration {
+	if maxDeliver < 2 || len(backoff) == 0 {
+		return 0
+	}
+	return config{backoff: backoff}.backoffFor(uint64(maxDeliver - 1))
+}
 
 type config struct {
 	stream           string
@@ -87,7 +113,8 @@ func DeadLetterPrefix(p string) broker.Option { return setOption(deadLetterPrefi
 func MaxDeliver(n int) broker.Option { return setOption(maxDeliverKey{}, n) }
 
 // Backoff sets the redelivery delays after failed handler calls; the last one
-// repeats (default DefaultBackoff).
+// repeats (default DefaultBackoff). Keep the one before the last delivery
+// (see FinalRetryDelay) longer than any lease a subscriber holds.
 func Backoff(d ...time.Duration) broker.Option { return setOption(backoffKey{}, d) }
 
 // AckWait is how long the server waits for an ack before redelivering; a

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go-micro.dev/v6/broker"
+	merrors "go-micro.dev/v6/errors"
 )
 
 // ephemeralInactive is how long the server keeps the consumer of a
@@ -312,7 +313,7 @@ func (s *subscriber) handle(m jetstream.Msg) {
 		log.Warn("handler failed after acking; not redelivered", "err", herr)
 	case int(md.NumDelivered) >= s.cfg.maxDeliver:
 		ev.err = herr
-		s.deadLetter(log, ev, md, herr.Error())
+		s.deadLetter(log, ev, md, readableReason(herr))
 	default:
 		ev.err = herr
 		delay := s.cfg.backoffFor(md.NumDelivered)
@@ -385,6 +386,18 @@ func (s *subscriber) deadLetter(log *slog.Logger, ev *event, md *jetstream.MsgMe
 	}
 	s.b.stats.deadLettered.Add(1)
 	log.Error("message dead-lettered", "reason", reason, "subject", dl.Subject)
+}
+
+// readableReason is the text of a handler's error for the dead letter.
+// go-micro's subscriber path returns a handler's error as a go-micro error,
+// whose text is JSON ({"id":"go.micro.server","code":500,"detail":
+// "subscriber error: ..."}); its Detail is what an operator wants to read.
+// Any other error's text is kept as it is.
+func readableReason(err error) string {
+	if d := merrors.FromError(err).Detail; d != "" {
+		return d
+	}
+	return err.Error()
 }
 
 // headerValue keeps an error text valid as a NATS header value (one line,
