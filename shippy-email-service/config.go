@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/shippy/shippy/internal/jsbroker"
 )
 
 // Config is the email-service's own configuration. go-micro's MICRO_*
@@ -27,9 +29,12 @@ type Config struct {
 	// SentBucket is EMAIL_SENT_BUCKET, the JetStream key-value bucket of
 	// sent event ids (default shippy_email_sent).
 	SentBucket string
-	// SendLease is EMAIL_SEND_LEASE (default 30s): how long a delivery that
-	// is sending an event's email keeps other deliveries of it waiting.
-	// Keep it below the broker's redelivery delay.
+	// SendLease is EMAIL_SEND_LEASE (default 10s): how long a delivery that
+	// is sending an event's email keeps other deliveries of it waiting; the
+	// send may take half of it. On the JetStream broker it must be shorter
+	// than the broker's delay before a message's last delivery (15s), or a
+	// claim left by a replica that died could outlast the redeliveries and
+	// the event be dead-lettered unsent.
 	SendLease time.Duration
 }
 
@@ -66,11 +71,16 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if v := getenv("EMAIL_SEND_LEASE"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < time.Second {
-			return Config{}, fmt.Errorf("EMAIL_SEND_LEASE=%q: want a duration of at least 1s, e.g. 30s", v)
+			return Config{}, fmt.Errorf("EMAIL_SEND_LEASE=%q: want a duration of at least 1s, e.g. 10s", v)
 		}
 		cfg.SendLease = d
 	}
 	if getenv("MICRO_BROKER") == "jetstream" {
+		// MICRO_BROKER=jetstream builds the broker with its default retry
+		// schedule, which the lease must fit in (see defaultSendLease).
+		if limit := jsbroker.DefaultFinalRetryDelay; cfg.SendLease >= limit {
+			return Config{}, fmt.Errorf("EMAIL_SEND_LEASE=%s: want less than %s with MICRO_BROKER=jetstream (its delay before an event's last delivery), or an event claimed by a replica that died could be dead-lettered unsent", cfg.SendLease, limit)
+		}
 		cfg.SentNATS = defaultNATSURL
 		if v := getenv("MICRO_BROKER_ADDRESS"); v != "" {
 			if err := checkNATSURLs(v); err != nil {

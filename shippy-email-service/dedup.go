@@ -23,7 +23,9 @@ import (
 //     the redelivery sends.
 //   - The replica dies between Claim and the send: nothing is recorded and
 //     the lease expires, so a redelivery after the lease takes it over and
-//     sends. No email is lost (claiming for good before sending would lose it).
+//     sends. No email is lost (claiming for good before sending would lose it)
+//     as long as the broker keeps redelivering until the lease is over: see
+//     defaultSendLease.
 //
 // What remains at-least-once: a replica that dies (or cannot reach the log)
 // after the mailer succeeded and before Sent is stored leaves a lease that
@@ -45,10 +47,15 @@ type sentLog interface {
 var errSendInProgress = errors.New("welcome email for this event is being sent by another delivery")
 
 // defaultSendLease is how long a claim keeps other deliveries of the same
-// event away. It should be shorter than the broker's redelivery delay
-// (JetStream's ack wait, 30s by default) so that the redelivery of a claim
-// whose holder died finds the lease expired.
-const defaultSendLease = 30 * time.Second
+// event away; the send gets half of it (5s). Deliveries that meet a live
+// claim fail with errSendInProgress and are redelivered on the broker's
+// backoff, each counting toward its dead-letter limit, so the lease must end
+// before the deliveries do: it must be shorter than the broker's delay before
+// the last delivery (jsbroker.DefaultFinalRetryDelay, 15s; LoadConfig refuses
+// a longer EMAIL_SEND_LEASE). It is also shorter than JetStream's ack wait
+// (30s), so the redelivery of a message whose replica died mid-send finds
+// the lease over and sends at once.
+const defaultSendLease = 10 * time.Second
 
 // logTimeout bounds the Sent and Release calls made after the send, which
 // run even if the delivery's context has been cancelled meanwhile.

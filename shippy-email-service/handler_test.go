@@ -82,7 +82,7 @@ func TestLogMailerPrintsTheTutorialLine(t *testing.T) {
 }
 
 func TestLoadConfig(t *testing.T) {
-	defaults := Config{LogLevel: slog.LevelInfo, Queue: "go.micro.srv.email", SentBucket: "shippy_email_sent", SendLease: 30 * time.Second}
+	defaults := Config{LogLevel: slog.LevelInfo, Queue: "go.micro.srv.email", SentBucket: "shippy_email_sent", SendLease: 10 * time.Second}
 	with := func(change func(*Config)) Config {
 		c := defaults
 		change(&c)
@@ -103,6 +103,9 @@ func TestLoadConfig(t *testing.T) {
 			with(func(c *Config) { c.SentNATS = "nats://127.0.0.1:4222" }), ""},
 		{"jetstream: shared log at the broker's addresses", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,n2:4222"},
 			with(func(c *Config) { c.SentNATS = "nats://n1:4222,n2:4222" }), ""},
+		{"jetstream: lease within the broker's last redelivery delay", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "14s"},
+			with(func(c *Config) { c.SentNATS, c.SendLease = "nats://127.0.0.1:4222", 14*time.Second }), ""},
+		{"jetstream: lease outlasting the redeliveries", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "15s"}, Config{}, "EMAIL_SEND_LEASE"},
 		{"core nats: in memory", map[string]string{"MICRO_BROKER": "nats", "MICRO_BROKER_ADDRESS": "nats://n1:4222"}, defaults, ""},
 		{"bad broker address", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "http://n1:4222"}, Config{}, "MICRO_BROKER_ADDRESS"},
 		{"empty broker address in list", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,"}, Config{}, "MICRO_BROKER_ADDRESS"},

@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/shippy/shippy/internal/healthcheck"
-	"github.com/shippy/shippy/internal/microenv"
 	"go-micro.dev/v6"
 )
 
@@ -43,15 +42,14 @@ func run(ctx context.Context) error {
 	defer closeMailer()
 	handler := NewHandler(mailer, log)
 
-	srv, err := microenv.NewService(serviceName, micro.Version("latest"), micro.Context(ctx), micro.HandleSignal(false))
+	srv, err := newEmailService(handler, cfg.Queue, micro.Context(ctx), micro.HandleSignal(false))
 	if err != nil {
-		return fmt.Errorf("service: %w", err)
-	}
-	if err := Subscribe(srv.Server(), handler, cfg.Queue); err != nil {
 		return err
 	}
 	log.Info("email-service starting", slog.String("queue", cfg.Queue), slog.Bool("shared_sent_log", cfg.SentNATS != ""))
-	if err := srv.Run(); err != nil {
+	err = srv.Run()
+	srv.waitHandlersDone() // before the deferred closeMailer
+	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
 	return nil
