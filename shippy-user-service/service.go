@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go-micro.dev/v6"
+	"go-micro.dev/v6/server"
 
 	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/outbox"
@@ -24,6 +25,9 @@ type userService struct {
 	publisher eventPublisher
 	relay     *outbox.Relay
 	log       *slog.Logger
+	// door and broker order the graceful stop (see stop.go).
+	door   *doorTransport
+	broker *heldBroker
 }
 
 // newService builds the go-micro service with the user handler registered
@@ -31,10 +35,23 @@ type userService struct {
 // environment, which wins (tests pass explicit registry, broker and address
 // here).
 func newService(cfg Config, store *Store, log *slog.Logger, opts ...micro.Option) (*userService, error) {
-	srv, err := microenv.NewService(serviceName, append([]micro.Option{micro.Version("latest")}, opts...)...)
+	srv, err := microenv.NewService(serviceName, append([]micro.Option{
+		// Stop waits for the requests in flight only with server.Wait, and
+		// the rpc server reads it once, when built: Init cannot add it. The
+		// server micro.NewService named is replaced, so this one is named.
+		// cmd.Init keeps it (it only swaps servers for MICRO_SERVER names it
+		// has a constructor for, and it has none).
+		micro.Server(server.NewRPCServer(server.Name(serviceName), server.Wait(nil))),
+		micro.Version("latest"),
+	}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
+	// Wrapped after NewService, so that the transport and broker the
+	// environment (or opts) chose are the ones wrapped.
+	door := &doorTransport{Transport: srv.Options().Transport}
+	held := newHeldBroker(srv.Options().Broker)
+	srv.Init(micro.Transport(door), micro.Broker(held))
 	var pub eventPublisher = protoPublisher{client: srv.Client()}
 	if cfg.EventsCodec == codecJSON {
 		pub = jsonPublisher{broker: srv.Server().Options().Broker}
@@ -54,20 +71,23 @@ func newService(cfg Config, store *Store, log *slog.Logger, opts ...micro.Option
 		"broker", o.Broker.String(), "broker_address", o.Broker.Address(),
 		"registry", o.Registry.String(), "registry_address", strings.Join(o.Registry.Options().Addrs, ","),
 		"transport", o.Transport.String(), "events_codec", cfg.EventsCodec)
-	return &userService{srv: srv, handler: h, publisher: pub, relay: relay, log: log}, nil
+	return &userService{srv: srv, handler: h, publisher: pub, relay: relay, log: log, door: door, broker: held}, nil
 }
 
 // serve starts the RPC server and the relay and runs until ctx is done.
-// Then it stops the RPC server first, so that no Create commits an event
-// after the relay is gone, and the relay second; the relay marks what it
-// has published and leaves the rest pending for the next start or another
-// replica. The caller closes the store afterwards.
+// Then it stops in the order stop.go describes: no new request, the
+// requests in flight finish, the relay publishes what they committed (for
+// at most outboxDrainTimeout), and only then the broker disconnects. What
+// the relay could not publish (the broker is down) stays pending for the
+// next start or another replica. The caller closes the store afterwards.
 func (s *userService) serve(ctx context.Context) error {
 	// Start connects the broker: with NATS unreachable it fails, and the
 	// process exits for its supervisor to restart it.
 	if err := s.srv.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", serviceName, err)
 	}
+	// However serve returns, go-micro's disconnect must not wait forever.
+	defer s.broker.release()
 	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRelay()
 	relayDone := make(chan struct{})
@@ -77,14 +97,59 @@ func (s *userService) serve(ctx context.Context) error {
 	}()
 
 	<-ctx.Done()
-	s.log.Info("stopping: RPC server first, then the outbox relay")
+	s.log.Info("stopping: no new request, then the requests in flight, the outbox relay and the broker")
+	s.door.closeDoor()
 	err := s.srv.Stop()
 	if err != nil {
 		err = fmt.Errorf("stop %s: %w", serviceName, err)
 	}
+	s.drainOutbox(relayCtx)
 	stopRelay()
 	<-relayDone
+	s.broker.release()
+	if err == nil {
+		// Stop returned, so go-micro is disconnecting the broker now; a
+		// process exiting before that ends could cut the last publishes'
+		// acks. Bounded: a hung broker must not hold the exit.
+		select {
+		case <-s.broker.Disconnected():
+		case <-time.After(brokerDisconnectTimeout):
+			s.log.Warn("broker still disconnecting; exiting anyway", "waited", brokerDisconnectTimeout)
+		}
+	}
 	return err
+}
+
+// Bounds of the graceful stop's steps after the requests in flight; with
+// go-micro's own wait they keep the exit well within 10 seconds.
+const (
+	outboxDrainTimeout      = 3 * time.Second
+	brokerDisconnectTimeout = 3 * time.Second
+)
+
+// drainOutbox wakes the relay and waits until no event is pending or
+// outboxDrainTimeout passed. Pending counts every replica's rows, so with
+// others running it may wait for theirs too, within the same bound.
+func (s *userService) drainOutbox(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, outboxDrainTimeout)
+	defer cancel()
+	s.relay.Notify()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := s.relay.Pending(ctx)
+		if err == nil && n == 0 {
+			s.log.Info("outbox drained at stop")
+			return
+		}
+		select {
+		case <-ctx.Done():
+			s.log.Warn("outbox not drained at stop; the next start or another replica publishes the rest",
+				"pending", n, "err", err, "waited", outboxDrainTimeout)
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // outboxStatusInterval is how often a relay with a backlog logs it.
