@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/shippy/shippy/internal/healthcheck"
+	"github.com/shippy/shippy/internal/microenv"
 	"go-micro.dev/v6"
 )
 
@@ -34,7 +35,8 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("service", serviceName)
+	microenv.UseSlog(log)
 	mailer, closeMailer, err := newMailer(ctx, cfg, log)
 	if err != nil {
 		return err

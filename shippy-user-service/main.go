@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/shippy/shippy/internal/healthcheck"
+	"github.com/shippy/shippy/internal/microenv"
 )
 
 func main() {
@@ -32,6 +33,7 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	log := newLogger(cfg.LogLevel)
+	microenv.UseSlog(log)
 	logStart(ctx, log, cfg)
 
 	store, err := openStore(ctx, cfg, log)
