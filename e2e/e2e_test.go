@@ -251,7 +251,9 @@ func environ(env map[string]string) []string {
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, "MICRO_") || strings.HasPrefix(k, "DB_") || strings.HasPrefix(k, "JWT_") ||
-			k == "DATABASE_URL" || k == "EVENTS_CODEC" || k == "SQLITE_PATH" || k == "SHIPPY_PASSWORD" {
+			strings.HasPrefix(k, "EMAIL_") || strings.HasPrefix(k, "AUTH_") ||
+			k == "DATABASE_URL" || k == "EVENTS_CODEC" || k == "SQLITE_PATH" || k == "SHIPPY_PASSWORD" ||
+			k == "BCRYPT_COST" || k == "LOG_LEVEL" {
 			continue
 		}
 		out = append(out, kv)

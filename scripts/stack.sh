@@ -24,10 +24,14 @@ down() {
     [ -f "$dir/$svc.pid" ] || continue
     pid=$(cat "$dir/$svc.pid")
     if kill -TERM "$pid" 2>/dev/null; then
-      # Give the service its graceful stop; then make sure it is gone.
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
-      echo "$svc stopped"
+      # Give the service its graceful stop (it drains work in flight); then
+      # make sure it is gone, and say so when it had to be killed.
+      for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -KILL "$pid" 2>/dev/null; then
+        echo "$svc did not stop within 30s of SIGTERM: killed (see $dir/$svc.log)"
+      else
+        echo "$svc stopped"
+      fi
     fi
     rm -f "$dir/$svc.pid"
   done
