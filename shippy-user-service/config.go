@@ -202,7 +202,11 @@ func loadDBVars(cfg *Config, get, raw func(string) string) error {
 	case user != "":
 		u.User = url.User(user)
 	case pass != "":
-		return errors.New("DB_PASSWORD is set but DB_USER is not")
+		passVar := "DB_PASSWORD"
+		if raw("DB_PASSWORD") == "" {
+			passVar = "DB_PASS"
+		}
+		return fmt.Errorf("%s is set but DB_USER is not", passVar)
 	}
 	q := url.Values{}
 	if mode := get("DB_SSLMODE"); mode != "" {

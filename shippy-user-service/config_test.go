@@ -159,3 +159,18 @@ func TestLoadConfigErrorHidesDatabasePassword(t *testing.T) {
 		t.Errorf("loadConfig(bad DATABASE_URL) = %v; want an error without the password", err)
 	}
 }
+
+// DB_PASS is a prefix of DB_PASSWORD, so the generic table's substring check
+// cannot tell them apart: this one compares the variable named.
+func TestLoadConfigPasswordWithoutUserNamesTheVariableSet(t *testing.T) {
+	for _, name := range []string{"DB_PASSWORD", "DB_PASS"} {
+		t.Run(name, func(t *testing.T) {
+			e := map[string]string{"DB_HOST": "db", name: "pw", "JWT_SECRET": goodSecret}
+			_, err := loadConfig(env(e))
+			want := name + " is set but DB_USER is not"
+			if err == nil || err.Error() != want {
+				t.Errorf("loadConfig(%v) = %v; want %q", e, err, want)
+			}
+		})
+	}
+}
