@@ -170,6 +170,7 @@ func (h *handler) Auth(ctx context.Context, req *pb.User, res *pb.Token) error {
 	if email == "" || len(email) > maxEmailBytes || len(req.Password) == 0 || len(req.Password) > maxPasswordBytes {
 		return errBadCredentials()
 	}
+	// Allow counts this attempt as failed until the password matches.
 	if ok, wait := h.limiter.Allow(email); !ok {
 		h.log.WarnContext(ctx, "auth refused: too many attempts", "retry_after_s", seconds(wait))
 		return merrors.New(serviceName, fmt.Sprintf("too many attempts for this email: try again in %ds", seconds(wait)), 429)
@@ -180,14 +181,12 @@ func (h *handler) Auth(ctx context.Context, req *pb.User, res *pb.Token) error {
 	case errors.Is(err, errUserNotFound):
 		// Same bcrypt work as a wrong password, so timing reveals nothing.
 		_ = h.hasher.Compare(h.dummyHash, []byte(req.Password))
-		h.limiter.Fail(email)
 		h.log.InfoContext(ctx, "auth failed")
 		return errBadCredentials()
 	case err != nil:
 		return h.internal(ctx, "auth: look up user", err)
 	}
 	if err := h.hasher.Compare([]byte(u.PasswordHash), []byte(req.Password)); err != nil {
-		h.limiter.Fail(email)
 		h.log.InfoContext(ctx, "auth failed", "user_id", u.ID)
 		return errBadCredentials()
 	}

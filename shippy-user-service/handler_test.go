@@ -531,16 +531,60 @@ func TestNoSecretsLeave(t *testing.T) {
 	}
 }
 
+// Parallel wrong guesses must not all pass the limiter while the first
+// ones are still in bcrypt: each allowed attempt counts at once.
+func TestAuthLimiterHoldsUnderParallelAttempts(t *testing.T) {
+	th := newTestHandler(t)
+	th.create(t, "Ada", "ada@example.com", "correct horse")
+	const max, callers = 5, 20
+	compares := th.hasher.compares.Load()
+
+	start := make(chan struct{})
+	codes := make(chan int32, callers)
+	var wg sync.WaitGroup
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			codes <- code(th.Auth(context.Background(), &pb.User{Email: "ada@example.com", Password: "wrong guess"}, &pb.Token{}))
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(codes)
+
+	got := map[int32]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if got[401] != max || got[429] != callers-max || len(got) != 2 {
+		t.Errorf("%d parallel wrong-password Auth calls answered %v; want %d x 401 and %d x 429", callers, got, max, callers-max)
+	}
+	if n := th.hasher.compares.Load() - compares; n > max {
+		t.Errorf("%d parallel wrong-password Auth calls did %d bcrypt comparisons; want at most %d", callers, n, max)
+	}
+}
+
 func TestLimiterSweepsExpiredEntries(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(0, 0)}
 	l := newAuthLimiter(5, time.Minute, clock.Now)
 	for i := 0; i < sweepAbove; i++ {
-		l.Fail(fmt.Sprint(i))
+		l.Allow(fmt.Sprint(i))
 	}
-	clock.Advance(2 * time.Minute)
-	l.Fail("last")
-	if n := len(l.failures); n != 1 {
-		t.Errorf("limiter holds %d emails after expiry; want 1", n)
+	clock.Advance(30 * time.Second)
+	l.Allow("one too many") // sweeps: nothing has expired yet
+	// The first entries have expired, but the last sweep is less than a
+	// window ago: the map is not scanned on every attempt.
+	clock.Advance(31 * time.Second)
+	l.Allow("within the window")
+	if n, want := len(l.attempts), sweepAbove+2; n != want {
+		t.Errorf("limiter holds %d emails less than a window after the last sweep; want %d (no sweep yet)", n, want)
+	}
+	clock.Advance(29 * time.Second)
+	l.Allow("last")
+	if n, want := len(l.attempts), 2; n != want {
+		t.Errorf("limiter holds %d emails a window after the last sweep; want %d (the expired ones dropped)", n, want)
 	}
 }
 
