@@ -448,3 +448,83 @@ func TestDeletedConsumerIsRecreated(t *testing.T) {
 		return false
 	})
 }
+
+// A stopping subscriber hands the messages it pulled but has not handled
+// back at once: the handler running finishes, the others go to another
+// subscriber of the queue group, each exactly once.
+func TestUnsubscribeHandsBufferedMessagesBack(t *testing.T) {
+	srv := natstest.Start(t)
+	// An ack wait past waitLimit: a message that comes again within the
+	// test was handed back, not timed out.
+	stopping := newBroker(t, srv.URL(), AckWait(time.Minute))
+	const n = 10
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("m%02d", i))
+		publish(t, stopping, "user.created", want[i], nil)
+	}
+
+	var mu sync.Mutex
+	var handled []string
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	sub := subscribe(t, stopping, "user.created", func(e broker.Event) error {
+		mu.Lock()
+		handled = append(handled, string(e.Message().Body))
+		if len(handled) == 1 {
+			close(entered)
+		}
+		mu.Unlock()
+		<-release
+		return nil
+	}, broker.Queue("email-service"))
+
+	_, js := jsClient(t, srv.URL())
+	name := ConsumerName("email-service", "user.created")
+	<-entered
+	waitFor(t, "every message pulled by the first subscriber", func() bool {
+		c, err := js.Consumer(context.Background(), DefaultStream, name)
+		if err != nil {
+			t.Fatalf("Consumer(%q) = %v", name, err)
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			t.Fatalf("Consumer(%q).Info = %v", name, err)
+		}
+		return info.NumAckPending == n
+	})
+
+	unsubscribed := make(chan struct{})
+	go func() {
+		_ = sub.Unsubscribe()
+		close(unsubscribed)
+	}()
+	<-sub.(*subscriber).done // stopping, with its handler still running
+	close(release)
+	waitFor(t, "Unsubscribe to return", func() bool {
+		select {
+		case <-unsubscribed:
+			return true
+		default:
+			return false
+		}
+	})
+
+	other := newBroker(t, srv.URL(), AckWait(time.Minute))
+	rec := &recorder{}
+	subscribe(t, other, "user.created", rec.handle, broker.Queue("email-service"))
+	waitFor(t, "the handed-back messages handled and acked", func() bool {
+		return len(rec.bodies()) >= n-1 && settled(t, js, name)
+	})
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != 1 {
+		t.Fatalf("stopping subscriber handled %v; want only the message it was handling", handled)
+	}
+	got := append(rec.bodies(), handled[0])
+	sort.Strings(got)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("handled %v (first subscriber %q, then the other); want each of %d exactly once", got, handled[0], n)
+	}
+}

@@ -24,13 +24,13 @@ const (
 )
 
 // DefaultBackoff is the delay before the 1st, 2nd, ... redelivery of a message
-// whose handler failed; the last entry repeats. With DefaultMaxDeliver a
-// failing message is dead-lettered 23s after its first failure (1+2+5+15),
-// and the last delivery comes 15s after the one before it: a subscriber
-// that fails deliveries while another holds the message under a lease
-// shorter than that (the email-service's 10s send lease) loses nothing, see
-// FinalRetryDelay.
-var DefaultBackoff = []time.Duration{1 * time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}
+// whose handler failed; the last entry repeats, so a MaxDeliver above 5 waits
+// 15s before each further delivery. With DefaultMaxDeliver a failing message
+// is dead-lettered 23s after its first failure (1+2+5+15), and the last
+// delivery comes 15s after the one before it: a subscriber that fails
+// deliveries while another holds the message under a lease shorter than that
+// (the email-service's 10s send lease) loses nothing, see FinalRetryDelay.
+var DefaultBackoff = []time.Duration{1 * time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second}
 
 // DefaultFinalRetryDelay is FinalRetryDelay(DefaultMaxDeliver, DefaultBackoff).
 var DefaultFinalRetryDelay = FinalRetryDelay(DefaultMaxDeliver, DefaultBackoff)

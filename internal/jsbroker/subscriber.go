@@ -158,7 +158,10 @@ func (s *subscriber) recreate() {
 	s.mu.Lock()
 	old := s.cc
 	s.mu.Unlock()
-	old.Stop()
+	// The error callback can fire before consume has stored the context.
+	if old != nil {
+		old.Stop()
+	}
 	wait := s.cfg.reconnectWait
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.publishTimeout)
@@ -181,19 +184,25 @@ func (s *subscriber) recreate() {
 func (s *subscriber) Options() broker.SubscribeOptions { return s.opts }
 func (s *subscriber) Topic() string                    { return s.topic }
 
-// Unsubscribe stops pulling, waits for the running handler to finish and
-// keeps a queue group's durable consumer (and its position) on the server.
+// Unsubscribe stops pulling and naks the messages pulled but not yet
+// handled, so that another subscriber gets them at once instead of this one
+// handling up to PullBatch of them during a stop (and being killed midway by
+// a stop grace shorter than that). It waits, at most AckWait, for the one
+// handler already running, and keeps a queue group's durable consumer (and
+// its position) on the server.
 func (s *subscriber) Unsubscribe() error {
 	s.once.Do(func() {
 		s.mu.Lock()
 		close(s.done)
 		cc := s.cc
 		s.mu.Unlock()
-		cc.Drain()
-		select {
-		case <-cc.Closed():
-		case <-time.After(s.cfg.ackWait):
-			cc.Stop()
+		if cc != nil {
+			cc.Drain()
+			select {
+			case <-cc.Closed():
+			case <-time.After(s.cfg.ackWait):
+				cc.Stop()
+			}
 		}
 		s.b.mu.Lock()
 		delete(s.b.subs, s)
@@ -266,6 +275,16 @@ func (e *event) isAcked() bool {
 }
 
 func (s *subscriber) handle(m jetstream.Msg) {
+	select {
+	case <-s.done:
+		// Stopping: hand the buffered message back (the delivery counts
+		// toward MaxDeliver, as any delivery does).
+		if err := m.Nak(); err != nil {
+			s.log.Warn("nak on stop failed; message will be redelivered after ack wait", "err", err)
+		}
+		return
+	default:
+	}
 	md, err := m.Metadata()
 	if err != nil {
 		s.log.Error("message without jetstream metadata", "err", err)
