@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
-	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/registry"
 	"google.golang.org/protobuf/proto"
 
@@ -199,7 +198,7 @@ func TestCreateSucceedsWhileBrokerIsDown(t *testing.T) {
 			t.Parallel()
 			ns := natstest.Start(t)
 			svc := startJetStreamService(t, b.open(t), ns.URL(), discardLog)
-			users := pb.NewUserService(serviceName, client.NewClient(client.Registry(svc.reg)))
+			users := newUserClientOn(svc.reg)
 
 			ids := []string{createUser(t, users, 0)}
 			waitStreamed(t, ns.URL(), ids)

@@ -18,6 +18,7 @@ import (
 	merrors "go-micro.dev/v6/errors"
 	"go-micro.dev/v6/registry"
 	natsregistry "go-micro.dev/v6/registry/nats"
+	"go-micro.dev/v6/selector"
 
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/microenv"
@@ -104,7 +105,18 @@ func waitRegistered(t *testing.T, natsURL, name string) {
 // newUserClient is the generated client as a separate program (the CLI)
 // would build it: its own registry connection.
 func newUserClient(natsURL string) pb.UserService {
-	c := client.NewClient(client.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))))
+	return newUserClientOn(natsregistry.NewNatsRegistry(registry.Addrs(natsURL)))
+}
+
+// newUserClientOn is the generated client looking the service up in reg,
+// through a selector of its own. Every test client is built here:
+// client.NewClient defaults to go-micro's process-wide selector, which
+// client.Registry re-points, so parallel tests on different registries
+// would look each other's services up ("service ...: not found").
+func newUserClientOn(reg registry.Registry, opts ...client.Option) pb.UserService {
+	sel := selector.NewSelector(selector.Registry(reg))
+	// The selector first: client.Registry re-points the one set by then.
+	c := client.NewClient(append([]client.Option{client.Selector(sel), client.Registry(reg)}, opts...)...)
 	return pb.NewUserService(serviceName, c)
 }
 

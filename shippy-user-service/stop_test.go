@@ -48,7 +48,7 @@ func TestStopWaitsForCreateInFlight(t *testing.T) {
 			stop := serveInBackground(t, svc)
 			waitNodes(t, reg, 1)
 
-			users := pb.NewUserService(serviceName, client.NewClient(client.Registry(reg), client.RequestTimeout(30*time.Second)))
+			users := newUserClientOn(reg, client.RequestTimeout(30*time.Second))
 			type result struct {
 				res *pb.Response
 				err error

@@ -21,6 +21,7 @@ import (
 	"go-micro.dev/v6"
 	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/cmd"
+	"go-micro.dev/v6/selector"
 
 	_ "github.com/shippy/shippy/internal/jsbroker" // MICRO_BROKER=jetstream
 )
@@ -36,7 +37,7 @@ func NewService(name string, opts ...micro.Option) (micro.Service, error) {
 	if err := Validate(os.Getenv); err != nil {
 		return nil, err
 	}
-	srv := micro.NewService(name, append([]micro.Option{protobufClient}, opts...)...)
+	srv := micro.NewService(name, append(ownClient(), opts...)...)
 
 	argsMu.Lock()
 	defer argsMu.Unlock()
@@ -54,8 +55,19 @@ func NewService(name string, opts ...micro.Option) (micro.Service, error) {
 // Servers answer in the caller's content type, so JSON clients still work.
 const ContentType = "application/protobuf"
 
-func protobufClient(o *micro.Options) {
-	_ = o.Client.Init(client.ContentType(ContentType))
+// ownClient gives the service a client with a selector of its own, also
+// handed to go-micro's cmd, which re-points the selector it holds when
+// MICRO_REGISTRY is set. Both default to the process-wide
+// selector.DefaultSelector, and a registry option re-points the selector
+// it is given (client.Registry calls Selector.Init): services, and parallel
+// tests, with different registries in one process would otherwise look each
+// other's services up in the wrong registry ("service ...: not found").
+func ownClient() []micro.Option {
+	sel := selector.NewSelector()
+	return []micro.Option{
+		micro.Client(client.NewClient(client.Selector(sel), client.ContentType(ContentType))),
+		micro.Cmd(cmd.NewCmd(cmd.Selector(&sel))),
+	}
 }
 
 // plugins names the variables that select a go-micro plugin by name, with the
