@@ -32,15 +32,30 @@ import (
 // expires, and the redelivery sends a second email. No log can close that
 // window for a mailer (SMTP) that has no idempotency key of its own.
 type sentLog interface {
-	// Claim returns true if the caller should send the email for eventID;
-	// false with a nil error if it has been sent; errSendInProgress if
-	// another delivery holds a live lease on it.
-	Claim(ctx context.Context, eventID string) (bool, error)
-	// Sent records eventID as sent; its lease ends.
-	Sent(ctx context.Context, eventID string) error
-	// Release drops the caller's lease after a failed send.
-	Release(ctx context.Context, eventID string) error
+	// Claim returns ok true and the caller's claim if the caller should send
+	// the email for eventID; ok false with a nil error if it has been sent;
+	// errSendInProgress if another delivery holds a live lease on it.
+	Claim(ctx context.Context, eventID string) (c claim, ok bool, err error)
+	// Sent records the claim's event as sent; its lease ends. If another
+	// delivery took the lease over meanwhile, the event is recorded all the
+	// same and the error is errClaimLost.
+	Sent(ctx context.Context, c claim) error
+	// Release drops the caller's lease after a failed send; a lease taken
+	// over by another delivery meanwhile is left alone.
+	Release(ctx context.Context, c claim) error
 }
+
+// claim is one delivery's lease on an event id. rev tells this lease from a
+// later one on the same id (a takeover after it expired), so that a late
+// Sent or Release never acts on another delivery's lease.
+type claim struct {
+	eventID string
+	rev     uint64
+}
+
+// errClaimLost is returned by Sent when the lease had expired and another
+// delivery took it over during the send: that delivery may send again.
+var errClaimLost = errors.New("claim taken over by another delivery during the send")
 
 // errSendInProgress is returned for an event another delivery is sending
 // now; the broker should deliver it again later.
@@ -78,7 +93,7 @@ func newDedupMailer(next Mailer, sent sentLog, lease time.Duration, log *slog.Lo
 }
 
 func (d *dedupMailer) Send(ctx context.Context, e WelcomeEmail) error {
-	ok, err := d.sent.Claim(ctx, e.EventID)
+	c, ok, err := d.sent.Claim(ctx, e.EventID)
 	if err != nil {
 		return fmt.Errorf("claim event %s: %w", e.EventID, err)
 	}
@@ -95,16 +110,20 @@ func (d *dedupMailer) Send(ctx context.Context, e WelcomeEmail) error {
 	logCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logTimeout)
 	defer cancel()
 	if err != nil {
-		if rerr := d.sent.Release(logCtx, e.EventID); rerr != nil {
+		if rerr := d.sent.Release(logCtx, c); rerr != nil {
 			// Not lost: the lease expires and a redelivery sends.
 			d.log.WarnContext(ctx, "release claim after failed send",
 				slog.String("event_id", e.EventID), slog.Any("error", rerr))
 		}
 		return err
 	}
-	if err := d.sent.Sent(logCtx, e.EventID); err != nil {
-		// The email is out: returning an error would make the broker
-		// redeliver and send it again, so log and report success.
+	// The email is out: returning an error would make the broker redeliver
+	// and send it again, so Sent's errors are logged and success reported.
+	switch err := d.sent.Sent(logCtx, c); {
+	case errors.Is(err, errClaimLost):
+		d.log.WarnContext(ctx, "welcome email sent after its lease expired; the delivery that took it over may send it again",
+			slog.String("event_id", e.EventID), slog.String("user_id", e.UserID))
+	case err != nil:
 		d.log.ErrorContext(ctx, "welcome email sent but not recorded; a redelivery may send it again",
 			slog.String("event_id", e.EventID), slog.String("user_id", e.UserID), slog.Any("error", err))
 	}

@@ -148,7 +148,7 @@ func TestDedupMailer(t *testing.T) {
 				c := &clock{}
 				logs := impl(t, c)
 				// A replica claims and dies before sending.
-				if ok, err := logs().Claim(context.Background(), "ev-1"); !ok || err != nil {
+				if _, ok, err := logs().Claim(context.Background(), "ev-1"); !ok || err != nil {
 					t.Fatalf("Claim(ev-1) = %v, %v; want true, nil", ok, err)
 				}
 				r2, r3 := dedup(tl.mailer("r2"), logs()), dedup(tl.mailer("r3"), logs())
@@ -165,6 +165,67 @@ func TestDedupMailer(t *testing.T) {
 					t.Errorf("sends for ev-1 = %d; want 1", n)
 				}
 			})
+
+			t.Run("a late Release leaves the lease that took over", func(t *testing.T) {
+				ctx := context.Background()
+				c := &clock{}
+				logs := impl(t, c)
+				r1, r2, r3 := logs(), logs(), logs()
+				late, ok, err := r1.Claim(ctx, "ev-1")
+				if !ok || err != nil {
+					t.Fatalf("Claim(ev-1) = %v, %v; want true, nil", ok, err)
+				}
+				c.advance(testLease + time.Second)
+				current, ok, err := r2.Claim(ctx, "ev-1")
+				if !ok || err != nil {
+					t.Fatalf("Claim(ev-1) after the lease = %v, %v; want true, nil", ok, err)
+				}
+				// Back to the time of r2's claim: its lease is live.
+				c.advance(-(testLease + time.Second))
+				// r1's send failed after its lease had run out.
+				if err := r1.Release(ctx, late); err != nil {
+					t.Fatalf("late Release(ev-1) = %v; want nil", err)
+				}
+				if _, ok, err := r3.Claim(ctx, "ev-1"); ok || !errors.Is(err, errSendInProgress) {
+					t.Errorf("Claim(ev-1) after a late Release = %v, %v; want false, %v", ok, err, errSendInProgress)
+				}
+				if err := r2.Sent(ctx, current); err != nil {
+					t.Fatalf("Sent(ev-1) by the lease's holder = %v; want nil", err)
+				}
+				if _, ok, err := r3.Claim(ctx, "ev-1"); ok || err != nil {
+					t.Errorf("Claim(ev-1) after Sent = %v, %v; want false, nil", ok, err)
+				}
+			})
+
+			t.Run("a late Sent records the event and reports the lost lease", func(t *testing.T) {
+				ctx := context.Background()
+				c := &clock{}
+				logs := impl(t, c)
+				r1, r2, r3 := logs(), logs(), logs()
+				late, ok, err := r1.Claim(ctx, "ev-1")
+				if !ok || err != nil {
+					t.Fatalf("Claim(ev-1) = %v, %v; want true, nil", ok, err)
+				}
+				c.advance(testLease + time.Second)
+				current, ok, err := r2.Claim(ctx, "ev-1")
+				if !ok || err != nil {
+					t.Fatalf("Claim(ev-1) after the lease = %v, %v; want true, nil", ok, err)
+				}
+				// r1's send succeeded after its lease had run out.
+				if err := r1.Sent(ctx, late); !errors.Is(err, errClaimLost) {
+					t.Errorf("late Sent(ev-1) = %v; want %v", err, errClaimLost)
+				}
+				if _, ok, err := r3.Claim(ctx, "ev-1"); ok || err != nil {
+					t.Errorf("Claim(ev-1) after a late Sent = %v, %v; want false, nil", ok, err)
+				}
+				// The delivery that took over fails its send: the event stays sent.
+				if err := r2.Release(ctx, current); err != nil {
+					t.Fatalf("Release(ev-1) by the lease's holder = %v; want nil", err)
+				}
+				if _, ok, err := r3.Claim(ctx, "ev-1"); ok || err != nil {
+					t.Errorf("Claim(ev-1) after the other delivery's Release = %v, %v; want false, nil", ok, err)
+				}
+			})
 		})
 	}
 }
@@ -175,18 +236,18 @@ type failingLog struct {
 	claimErr, sentErr error
 }
 
-func (f failingLog) Claim(ctx context.Context, id string) (bool, error) {
+func (f failingLog) Claim(ctx context.Context, id string) (claim, bool, error) {
 	if f.claimErr != nil {
-		return false, f.claimErr
+		return claim{}, false, f.claimErr
 	}
 	return f.sentLog.Claim(ctx, id)
 }
 
-func (f failingLog) Sent(ctx context.Context, id string) error {
+func (f failingLog) Sent(ctx context.Context, c claim) error {
 	if f.sentErr != nil {
 		return f.sentErr
 	}
-	return f.sentLog.Sent(ctx, id)
+	return f.sentLog.Sent(ctx, c)
 }
 
 func TestDedupMailerLogFailures(t *testing.T) {
@@ -201,6 +262,7 @@ func TestDedupMailerLogFailures(t *testing.T) {
 		{"claim fails: nothing sent", failingLog{claimErr: unreachable}, unreachable, 0},
 		// The email is out; an error would have it sent again.
 		{"record fails after the send: success", failingLog{sentErr: unreachable}, nil, 1},
+		{"lease lost during the send: success", failingLog{sentErr: errClaimLost}, nil, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -222,16 +284,17 @@ func TestMemorySentLogKeepsTheLastMax(t *testing.T) {
 	m := newMemorySentLog(3, testLease)
 	for i := range 5 {
 		id := fmt.Sprintf("ev-%d", i)
-		if ok, err := m.Claim(ctx, id); !ok || err != nil {
+		c, ok, err := m.Claim(ctx, id)
+		if !ok || err != nil {
 			t.Fatalf("Claim(%s) = %v, %v; want true, nil", id, ok, err)
 		}
-		if err := m.Sent(ctx, id); err != nil {
+		if err := m.Sent(ctx, c); err != nil {
 			t.Fatalf("Sent(%s) = %v; want nil", id, err)
 		}
 	}
 	for i, wantClaim := range []bool{true, true, false, false, false} {
 		id := fmt.Sprintf("ev-%d", i)
-		if ok, err := m.Claim(ctx, id); ok != wantClaim || err != nil {
+		if _, ok, err := m.Claim(ctx, id); ok != wantClaim || err != nil {
 			t.Errorf("Claim(%s) after 5 sends with max 3 = %v, %v; want %v, nil", id, ok, err, wantClaim)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -259,7 +260,7 @@ func TestFaultClaimAbandonedByDeadReplica(t *testing.T) {
 
 	const id = "claimed-by-dead-replica"
 	// The dead replica's claim, as its dedupMailer took it before its send.
-	if ok, err := env.sentLog.Claim(context.Background(), id); err != nil || !ok {
+	if _, ok, err := env.sentLog.Claim(context.Background(), id); err != nil || !ok {
 		t.Fatalf("Claim(%q) = %v, %v; want true, nil", id, ok, err)
 	}
 	env.publish(t, id)
@@ -316,9 +317,14 @@ func TestFaultBacklogAtStart(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("backlog-%03d", i))
 	}
 	env.publish(t, ids...)
+	var slow *slowSubscribeBroker
 	env.startService(t, tl.mailer("late"), func(b broker.Broker) broker.Broker {
-		return &slowSubscribeBroker{Broker: b}
+		slow = &slowSubscribeBroker{Broker: b}
+		return slow
 	})
+	if slow == nil || !slow.widened.Load() {
+		t.Fatalf("no user.created subscription got a delivery within %s of subscribing: the gap at start was not widened", slowSubscribeGuard)
+	}
 	env.waitAtRest(t, 60*time.Second)
 	lost, duplicated := 0, 0
 	for _, id := range ids {
@@ -334,9 +340,17 @@ func TestFaultBacklogAtStart(t *testing.T) {
 	}
 }
 
+// slowSubscribeGuard bounds slowSubscribeBroker's wait for a first delivery
+// (a hang guard: the backlog is there, so it should never run out).
+const slowSubscribeGuard = 10 * time.Second
+
 // slowSubscribeBroker returns from Subscribe only once the subscription has
-// delivered its first message, as a loaded host may schedule it.
-type slowSubscribeBroker struct{ broker.Broker }
+// delivered its first message, as a loaded host may schedule it; widened
+// records that a first message came (rather than slowSubscribeGuard ran out).
+type slowSubscribeBroker struct {
+	broker.Broker
+	widened atomic.Bool
+}
 
 func (b *slowSubscribeBroker) Subscribe(topic string, h broker.Handler, opts ...broker.SubscribeOption) (broker.Subscriber, error) {
 	first := make(chan struct{})
@@ -350,7 +364,8 @@ func (b *slowSubscribeBroker) Subscribe(topic string, h broker.Handler, opts ...
 	}
 	select {
 	case <-first:
-	case <-time.After(10 * time.Second): // a hang guard: the backlog is there
+		b.widened.Store(true)
+	case <-time.After(slowSubscribeGuard):
 	}
 	return sub, nil
 }

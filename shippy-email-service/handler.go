@@ -20,7 +20,11 @@ type Mailer interface {
 	Send(ctx context.Context, e WelcomeEmail) error
 }
 
-// errInvalidEvent marks events that can never be sent, whatever the retry.
+// errInvalidEvent marks events that can never be sent. go-micro hands the
+// broker the handler's error flattened to a go-micro error (text only), so
+// the broker cannot tell it from a passing failure: an invalid event is
+// retried like any other and dead-lettered when its deliveries run out
+// (jsbroker's MaxDeliver), with this error's text as the reason.
 var errInvalidEvent = errors.New("invalid user.created event")
 
 // Handler turns user.created events into welcome emails.

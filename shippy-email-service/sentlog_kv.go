@@ -73,56 +73,71 @@ func dialKVSentLog(ctx context.Context, urls, bucket string, lease time.Duration
 	return sent, nc.Close, nil
 }
 
-func (s *kvSentLog) Claim(ctx context.Context, eventID string) (bool, error) {
+// Claim's lease is the key's revision: Sent and Release write only on it.
+func (s *kvSentLog) Claim(ctx context.Context, eventID string) (claim, bool, error) {
 	key := kvKey(eventID)
 	// A second round only when the key was released between Create and Get.
 	for range 2 {
-		_, err := s.kv.Create(ctx, key, []byte(kvSending))
+		rev, err := s.kv.Create(ctx, key, []byte(kvSending))
 		if err == nil {
-			return true, nil
+			return claim{eventID: eventID, rev: rev}, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return false, fmt.Errorf("create key %s: %w", key, err)
+			return claim{}, false, fmt.Errorf("create key %s: %w", key, err)
 		}
 		e, err := s.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
 		if err != nil {
-			return false, fmt.Errorf("get key %s: %w", key, err)
+			return claim{}, false, fmt.Errorf("get key %s: %w", key, err)
 		}
 		if string(e.Value()) != kvSending {
-			return false, nil
+			return claim{}, false, nil
 		}
 		if s.now().Before(e.Created().Add(s.lease)) {
-			return false, errSendInProgress
+			return claim{}, false, errSendInProgress
 		}
-		_, err = s.kv.Update(ctx, key, []byte(kvSending), e.Revision())
+		rev, err = s.kv.Update(ctx, key, []byte(kvSending), e.Revision())
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			// Another delivery took it over or finished it first.
-			return false, errSendInProgress
+			return claim{}, false, errSendInProgress
 		}
 		if err != nil {
-			return false, fmt.Errorf("take over key %s: %w", key, err)
+			return claim{}, false, fmt.Errorf("take over key %s: %w", key, err)
 		}
-		return true, nil
+		return claim{eventID: eventID, rev: rev}, true, nil
 	}
-	return false, errSendInProgress
+	return claim{}, false, errSendInProgress
 }
 
-func (s *kvSentLog) Sent(ctx context.Context, eventID string) error {
-	if _, err := s.kv.Put(ctx, kvKey(eventID), []byte(kvSent)); err != nil {
-		return fmt.Errorf("put key %s: %w", kvKey(eventID), err)
+// Sent writes "sent" on the claim's revision. If the lease was taken over
+// (or that delivery released it) meanwhile, the email is out all the same:
+// "sent" is written over whatever is there, so the event is not sent a
+// third time, and errClaimLost reports the possible second email.
+func (s *kvSentLog) Sent(ctx context.Context, c claim) error {
+	key := kvKey(c.eventID)
+	_, err := s.kv.Update(ctx, key, []byte(kvSent), c.rev)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return fmt.Errorf("update key %s: %w", key, err)
+	}
+	if _, err := s.kv.Put(ctx, key, []byte(kvSent)); err != nil {
+		return fmt.Errorf("put key %s after losing its claim: %w", key, err)
+	}
+	return fmt.Errorf("key %s: %w", key, errClaimLost)
 }
 
-// Release deletes the claim. It does not check that the claim is still the
-// caller's: the send timeout (half the lease) ends a send before another
-// delivery may take the lease over.
-func (s *kvSentLog) Release(ctx context.Context, eventID string) error {
-	if err := s.kv.Delete(ctx, kvKey(eventID)); err != nil {
-		return fmt.Errorf("delete key %s: %w", kvKey(eventID), err)
+// Release deletes the key only at the claim's revision: a Release landing
+// after the lease expired must not delete the claim of the delivery that
+// took it over, which would let a third delivery send too.
+func (s *kvSentLog) Release(ctx context.Context, c claim) error {
+	key := kvKey(c.eventID)
+	err := s.kv.Delete(ctx, key, jetstream.LastRevision(c.rev))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return fmt.Errorf("delete key %s: %w", key, err)
 	}
 	return nil
 }

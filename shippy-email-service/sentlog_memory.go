@@ -23,7 +23,13 @@ type memorySentLog struct {
 	sent   map[string]struct{}
 	ring   []string // sent ids in the order recorded, overwritten from next
 	next   int
-	claims map[string]time.Time // event id -> lease expiry
+	claims map[string]memoryClaim // by event id
+	rev    uint64                 // of the last claim taken
+}
+
+type memoryClaim struct {
+	expires time.Time
+	rev     uint64
 }
 
 func newMemorySentLog(max int, lease time.Duration) *memorySentLog {
@@ -32,53 +38,64 @@ func newMemorySentLog(max int, lease time.Duration) *memorySentLog {
 		max:    max,
 		now:    time.Now,
 		sent:   make(map[string]struct{}),
-		claims: make(map[string]time.Time),
+		claims: make(map[string]memoryClaim),
 	}
 }
 
-func (m *memorySentLog) Claim(_ context.Context, eventID string) (bool, error) {
+func (m *memorySentLog) Claim(_ context.Context, eventID string) (claim, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.sent[eventID]; ok {
-		return false, nil
+		return claim{}, false, nil
 	}
 	now := m.now()
-	if exp, ok := m.claims[eventID]; ok && now.Before(exp) {
-		return false, errSendInProgress
+	if c, ok := m.claims[eventID]; ok && now.Before(c.expires) {
+		return claim{}, false, errSendInProgress
 	}
 	if len(m.claims) >= m.max {
 		// Only a mailer that panicked leaves a claim behind; drop the expired.
-		for id, exp := range m.claims {
-			if !now.Before(exp) {
+		for id, c := range m.claims {
+			if !now.Before(c.expires) {
 				delete(m.claims, id)
 			}
 		}
 	}
-	m.claims[eventID] = now.Add(m.lease)
-	return true, nil
+	m.rev++
+	m.claims[eventID] = memoryClaim{expires: now.Add(m.lease), rev: m.rev}
+	return claim{eventID: eventID, rev: m.rev}, true, nil
 }
 
-func (m *memorySentLog) Sent(_ context.Context, eventID string) error {
+// Sent records the event even if its lease was taken over (as kvSentLog
+// does), leaving the other delivery's lease for it to end.
+func (m *memorySentLog) Sent(_ context.Context, c claim) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.claims, eventID)
-	if _, ok := m.sent[eventID]; ok {
-		return nil
+	var err error
+	if held, ok := m.claims[c.eventID]; ok && held.rev == c.rev {
+		delete(m.claims, c.eventID)
+	} else {
+		err = errClaimLost
+	}
+	if _, ok := m.sent[c.eventID]; ok {
+		return err
 	}
 	if len(m.ring) < m.max {
-		m.ring = append(m.ring, eventID)
+		m.ring = append(m.ring, c.eventID)
 	} else {
 		delete(m.sent, m.ring[m.next])
-		m.ring[m.next] = eventID
+		m.ring[m.next] = c.eventID
 		m.next = (m.next + 1) % m.max
 	}
-	m.sent[eventID] = struct{}{}
-	return nil
+	m.sent[c.eventID] = struct{}{}
+	return err
 }
 
-func (m *memorySentLog) Release(_ context.Context, eventID string) error {
+// Release drops the lease only if it is still the caller's.
+func (m *memorySentLog) Release(_ context.Context, c claim) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.claims, eventID)
+	if held, ok := m.claims[c.eventID]; ok && held.rev == c.rev {
+		delete(m.claims, c.eventID)
+	}
 	return nil
 }
