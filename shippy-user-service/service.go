@@ -76,10 +76,11 @@ func newService(cfg Config, store *Store, log *slog.Logger, opts ...micro.Option
 
 // serve starts the RPC server and the relay and runs until ctx is done.
 // Then it stops in the order stop.go describes: no new request, the
-// requests in flight finish, the relay publishes what they committed (for
-// at most outboxDrainTimeout), and only then the broker disconnects. What
-// the relay could not publish (the broker is down) stays pending for the
-// next start or another replica. The caller closes the store afterwards.
+// requests in flight finish, the relay's loop stops and one drain publishes
+// what they committed (for at most outboxDrainTimeout), and only then the
+// broker disconnects. What the drain could not publish (the broker is down)
+// stays pending for the next start or another replica. The caller closes
+// the store afterwards.
 func (s *userService) serve(ctx context.Context) error {
 	// Start connects the broker: with NATS unreachable it fails, and the
 	// process exits for its supervisor to restart it.
@@ -103,9 +104,11 @@ func (s *userService) serve(ctx context.Context) error {
 	if err != nil {
 		err = fmt.Errorf("stop %s: %w", serviceName, err)
 	}
-	s.drainOutbox(relayCtx)
+	// The loop stops first: while backing off after a broker error it
+	// ignores Notify for up to 10 s, even if the broker is back.
 	stopRelay()
 	<-relayDone
+	s.drainOutbox(ctx)
 	s.broker.release()
 	if err == nil {
 		// Stop returned, so go-micro is disconnecting the broker now; a
@@ -127,29 +130,21 @@ const (
 	brokerDisconnectTimeout = 3 * time.Second
 )
 
-// drainOutbox wakes the relay and waits until no event is pending or
-// outboxDrainTimeout passed. Pending counts every replica's rows, so with
-// others running it may wait for theirs too, within the same bound.
+// drainOutbox publishes, once and for at most outboxDrainTimeout, the
+// pending events this replica can claim; ctx is done already, so only its
+// values are kept. Rows another replica holds are left to it.
 func (s *userService) drainOutbox(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, outboxDrainTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), outboxDrainTimeout)
 	defer cancel()
-	s.relay.Notify()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		n, err := s.relay.Pending(ctx)
-		if err == nil && n == 0 {
-			s.log.Info("outbox drained at stop")
-			return
-		}
-		select {
-		case <-ctx.Done():
-			s.log.Warn("outbox not drained at stop; the next start or another replica publishes the rest",
-				"pending", n, "err", err, "waited", outboxDrainTimeout)
-			return
-		case <-tick.C:
-		}
+	before := s.relay.Stats().Published
+	err := s.relay.Drain(ctx)
+	published := s.relay.Stats().Published - before
+	if err != nil {
+		s.log.Warn("outbox not drained at stop; the next start or another replica publishes the rest",
+			"published", published, "err", err)
+		return
 	}
+	s.log.Info("outbox drained at stop", "published", published)
 }
 
 // outboxStatusInterval is how often a relay with a backlog logs it.

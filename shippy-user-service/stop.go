@@ -15,8 +15,9 @@ import (
 //     exits (doorTransport);
 //  2. go-micro's Server.Stop deregisters and waits for the requests in
 //     flight (server.Wait), then closes the listener;
-//  3. the relay drains the outbox for a bounded time, so the events those
-//     requests committed go out now rather than at the next start;
+//  3. the relay's loop stops (it may be backing off, deaf to Notify), then
+//     one bounded Drain publishes the events those requests committed now
+//     rather than at the next start;
 //  4. the broker disconnects: go-micro starts that in a goroutine of its own
 //     right after Stop, and heldBroker keeps it waiting until 3. is done.
 //

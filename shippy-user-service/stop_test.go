@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,6 +98,70 @@ func TestStopWaitsForCreateInFlight(t *testing.T) {
 				t.Errorf("Pending() after the stop = %d, %v; want 0 (the relay drains before the broker disconnects)", n, err)
 			}
 			waitStreamed(t, ns.URL(), []string{r.res.User.Id})
+		})
+	}
+}
+
+// switchBroker is a broker whose publishes fail while down is set, counting
+// those that went through.
+type switchBroker struct {
+	broker.Broker
+	down      atomic.Bool
+	published atomic.Int64
+}
+
+func (b *switchBroker) Publish(topic string, m *broker.Message, opts ...broker.PublishOption) error {
+	if b.down.Load() {
+		return errors.New("switch broker: down")
+	}
+	if err := b.Broker.Publish(topic, m, opts...); err != nil {
+		return err
+	}
+	b.published.Add(1)
+	return nil
+}
+
+// A stop just after the broker came back, while the relay is backing off
+// for longer than the stop's drain bound: the relay ignores Notify then,
+// so the stop's own drain must publish the event.
+func TestStopRightAfterBrokerRecoveredLeavesNothingPending(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			store := b.open(t)
+			reg := registry.NewMemoryRegistry()
+			sb := &switchBroker{Broker: broker.NewMemoryBroker()}
+			svc, err := newService(testCfg(codecProto), store, discardLog,
+				micro.Registry(reg), micro.Broker(sb), micro.Address("127.0.0.1:0"))
+			if err != nil {
+				t.Fatalf("newService = %v", err)
+			}
+			stop := serveInBackground(t, svc)
+			waitNodes(t, reg, 1)
+
+			sb.down.Store(true)
+			if err := svc.handler.Create(context.Background(), &pb.User{Name: "Ada", Email: "ada@example.com", Password: "correct horse"}, &pb.Response{}); err != nil {
+				t.Fatalf("Create with the broker down = %v; want nil", err)
+			}
+			// After 7 failures the relay's backoff (100 ms doubling, with
+			// jitter down to half) is at least 3.2 s, past outboxDrainTimeout.
+			deadline := time.Now().Add(30 * time.Second)
+			for svc.relay.Stats().Failed < 7 {
+				if time.Now().After(deadline) {
+					t.Fatalf("relay failed %d publishes in 30s; want 7", svc.relay.Stats().Failed)
+				}
+				time.Sleep(20 * time.Millisecond) // poll interval
+			}
+			sb.down.Store(false)
+			if err := stop(); err != nil {
+				t.Fatalf("serve = %v; want nil", err)
+			}
+			if n, err := svc.relay.Pending(context.Background()); err != nil || n != 0 {
+				t.Errorf("Pending() after a stop with the broker up = %d, %v; want 0", n, err)
+			}
+			if n := sb.published.Load(); n != 1 {
+				t.Errorf("broker got %d publishes; want 1", n)
+			}
 		})
 	}
 }

@@ -621,3 +621,56 @@ func TestRunReturnsWhilePublishBlocks(t *testing.T) {
 		}
 	})
 }
+
+func TestDrain(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, _ testDB, db *gorm.DB) {
+		errBroker := errors.New("broker down")
+		ids := eventIDs("drain", 7)
+		enqueue(t, db, ids...)
+		pub := newFakePublisher()
+		pub.fail = func(_ context.Context, m Message, call int) error {
+			if m.EventID == ids[4] && call == 1 {
+				return errBroker
+			}
+			return nil
+		}
+		// No Run: Drain alone publishes, in batches of 3.
+		r := New(db, pub, WithLogger(discardLogger()), WithBatchSize(3))
+
+		// The first failure ends the drain: no wait, no retry.
+		if err := r.Drain(context.Background()); !errors.Is(err, errBroker) {
+			t.Fatalf("Drain with a failing publish = %v; want %v", err, errBroker)
+		}
+		if n := pending(t, r); n != 3 {
+			t.Errorf("Pending after Drain stopped at the fifth of 7 events = %d; want 3", n)
+		}
+		if err := r.Drain(context.Background()); err != nil {
+			t.Fatalf("Drain = %v; want nil", err)
+		}
+		if n := pending(t, r); n != 0 {
+			t.Errorf("Pending after Drain = %d; want 0", n)
+		}
+		if _, order := pub.snapshot(); !slices.Equal(order, ids) {
+			t.Errorf("published %v; want %v", order, ids)
+		}
+	})
+}
+
+func TestDrainReturnsWhenCtxEnds(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, _ testDB, db *gorm.DB) {
+		enqueue(t, db, "stuck")
+		blocking := publisherFunc(func(ctx context.Context, _ Message) error {
+			<-ctx.Done()
+			return ctx.Err()
+		})
+		r := New(db, blocking, WithLogger(discardLogger()), WithPublishTimeout(time.Hour))
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		if err := r.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Drain with a publish outlasting ctx = %v; want %v", err, context.DeadlineExceeded)
+		}
+		if n := pending(t, r); n != 1 {
+			t.Errorf("Pending after an interrupted Drain = %d; want 1", n)
+		}
+	})
+}

@@ -265,15 +265,29 @@ func (r *Relay) prune(ctx context.Context) {
 	}
 }
 
+// Drain publishes the pending rows once, at once: it returns nil when none
+// is left that this relay could claim (rows another relay holds are its
+// own to publish), or the error of the first failed publish or statement,
+// or ctx's error if ctx ended first. It neither waits nor retries. A
+// graceful stop calls it after Run returned (Run ignores Notify while it
+// backs off), bounded by ctx, so that what was committed goes out now.
+func (r *Relay) Drain(ctx context.Context) error {
+	if err := r.drain(ctx); err != nil {
+		return fmt.Errorf("outbox: drain: %w", err)
+	}
+	return nil
+}
+
 // drain publishes batches until the outbox has no pending row left for this
-// relay, or a publish or a database statement fails.
+// relay, or a publish or a database statement fails, or ctx is done.
 func (r *Relay) drain(ctx context.Context) error {
 	for ctx.Err() == nil {
 		claimed, err := r.publishBatch(ctx)
 		if err != nil {
 			return err
 		}
-		if claimed < r.cfg.batchSize {
+		// A short batch is the end of the outbox, unless ctx ended it.
+		if claimed < r.cfg.batchSize && ctx.Err() == nil {
 			return nil
 		}
 	}
