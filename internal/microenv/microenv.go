@@ -26,8 +26,8 @@ import (
 	_ "github.com/shippy/shippy/internal/jsbroker" // MICRO_BROKER=jetstream
 )
 
-// argsMu serialises the os.Args swap: several services may start in one
-// test binary.
+// argsMu serialises the os.Args swap and every read of os.Args while a
+// service is built: several services may start in one test binary.
 var argsMu sync.Mutex
 
 // NewService returns a go-micro service named name, initialised from the
@@ -37,10 +37,12 @@ func NewService(name string, opts ...micro.Option) (micro.Service, error) {
 	if err := Validate(os.Getenv); err != nil {
 		return nil, err
 	}
-	srv := micro.NewService(name, append(ownClient(), opts...)...)
-
+	// Building the service reads os.Args too (urfave/cli's NewApp), so it
+	// happens under the same lock as the swap below.
 	argsMu.Lock()
 	defer argsMu.Unlock()
+	srv := micro.NewService(name, append(ownClient(), opts...)...)
+
 	saved := os.Args
 	os.Args = os.Args[:1]
 	defer func() { os.Args = saved }()
