@@ -27,7 +27,7 @@ func userStack(b *testing.B, extra map[string]string) (pb.UserService, *process,
 	b.Helper()
 	ns := natstest.Start(b)
 	db := pgtest.NewDatabase(b)
-	env := localEnv(b, composeEnv(b, "user-service"), ns.URL(), db)
+	env := localEnv(b, "user-service", ns.URL(), db)
 	for k, v := range extra {
 		env[k] = v
 	}

@@ -28,11 +28,11 @@ func startPipeline(b *testing.B, bcryptCost int) *pipeline {
 	b.Helper()
 	ns := natstest.Start(b)
 	db := pgtest.NewDatabase(b)
-	userEnv := localEnv(b, composeEnv(b, "user-service"), ns.URL(), db)
+	userEnv := localEnv(b, "user-service", ns.URL(), db)
 	userEnv["BCRYPT_COST"] = fmt.Sprint(bcryptCost)
 	p := &pipeline{natsURL: ns.URL()}
 	p.user = startProcess(b, "shippy-user-service", userEnv)
-	p.email = startProcess(b, "shippy-email-service", localEnv(b, composeEnv(b, "email-service"), ns.URL(), db))
+	p.email = startProcess(b, "shippy-email-service", localEnv(b, "email-service", ns.URL(), db))
 	waitRegistered(b, ns.URL(), "go.micro.srv.user", p.user)
 	waitRegistered(b, ns.URL(), "go.micro.srv.email", p.email)
 	p.users = userClient(b, ns.URL())

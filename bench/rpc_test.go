@@ -96,7 +96,7 @@ func rawNATS(b *testing.B, natsURL string, payload []byte) func(int) error {
 // gives the user-service, pointed at natsURL.
 func setComposeMicroEnv(b *testing.B, natsURL string) {
 	b.Helper()
-	for k, v := range localEnv(b, composeEnv(b, "user-service"), natsURL, "") {
+	for k, v := range localEnv(b, "user-service", natsURL, "") {
 		if strings.HasPrefix(k, "MICRO_") && k != "MICRO_SERVER_ADDRESS" {
 			b.Setenv(k, v)
 		}

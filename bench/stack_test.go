@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,8 +17,8 @@ import (
 	"go-micro.dev/v6/logger"
 	"go-micro.dev/v6/registry"
 	natsreg "go-micro.dev/v6/registry/nats"
-	"gopkg.in/yaml.v3"
 
+	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/microenv"
 	pb "github.com/shippy/shippy/proto/user"
 )
@@ -61,75 +60,13 @@ func binaries(b *testing.B) string {
 	return binDir
 }
 
-// composeEnv is a service's environment in docker-compose.yml, with the
-// x-micro-env anchor merged in: the benchmarks measure the shipped defaults.
-func composeEnv(b *testing.B, service string) map[string]string {
+// localEnv is a service's docker-compose.yml environment made local: the
+// benchmarks measure the shipped defaults.
+func localEnv(b *testing.B, service, natsURL, dbURL string) map[string]string {
 	b.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "docker-compose.yml"))
-	if err != nil {
-		b.Fatalf("read docker-compose.yml: %v", err)
-	}
-	var file struct {
-		Services map[string]struct {
-			Environment map[string]string `yaml:"environment"`
-		} `yaml:"services"`
-	}
-	if err := yaml.Unmarshal(raw, &file); err != nil {
-		b.Fatalf("parse docker-compose.yml: %v", err)
-	}
-	svc, ok := file.Services[service]
-	if !ok {
-		b.Fatalf("docker-compose.yml has no service %q", service)
-	}
-	return svc.Environment
-}
-
-// localEnv swaps compose's hosts for this run's NATS server and database.
-func localEnv(b *testing.B, env map[string]string, natsURL, dbURL string) map[string]string {
-	b.Helper()
-	out := map[string]string{}
-	for k, v := range env {
-		out[k] = strings.ReplaceAll(v, "nats://nats:4222", natsURL)
-	}
-	out["MICRO_SERVER_ADDRESS"] = "127.0.0.1:0"
-	out["LOG_LEVEL"] = "warn" // one JSON line per event on stderr is not what is measured
-	if _, ok := env["DB_HOST"]; ok {
-		u, err := url.Parse(dbURL)
-		if err != nil {
-			b.Fatalf("parse database URL: %v", err)
-		}
-		pass, _ := u.User.Password()
-		port := u.Port()
-		if port == "" {
-			port = "5432"
-		}
-		out["DB_HOST"], out["DB_PORT"], out["DB_USER"], out["DB_PASSWORD"], out["DB_NAME"] =
-			u.Hostname(), port, u.User.Username(), pass, strings.TrimPrefix(u.Path, "/")
-		out["JWT_SECRET"] = "bench-secret-0123456789abcdef0123456789abcdef"
-	}
-	for k, v := range out {
-		if strings.Contains(v, "nats:4222") || strings.Contains(v, "${") {
-			b.Fatalf("docker-compose.yml value %s=%q was not made local", k, v)
-		}
-	}
-	return out
-}
-
-// environ keeps the parent environment minus anything configuring shippy.
-func environ(env map[string]string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "MICRO_") || strings.HasPrefix(k, "DB_") || strings.HasPrefix(k, "JWT_") ||
-			strings.HasPrefix(k, "EMAIL_") || k == "DATABASE_URL" || k == "EVENTS_CODEC" || k == "BCRYPT_COST" {
-			continue
-		}
-		out = append(out, kv)
-	}
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
+	env := composeenv.Localize(b, composeenv.Service(b, service), natsURL, dbURL)
+	env["LOG_LEVEL"] = "warn" // one JSON line per event on stderr is not what is measured
+	return env
 }
 
 type process struct {
@@ -151,7 +88,7 @@ func startProcess(b *testing.B, name string, env map[string]string) *process {
 	b.Helper()
 	p := &process{name: name, stderr: &tailBuffer{}, exited: make(chan struct{}), lines: make(chan stampedLine, 1<<16)}
 	p.cmd = exec.Command(filepath.Join(binaries(b), name))
-	p.cmd.Env = environ(env)
+	p.cmd.Env = composeenv.Environ(env)
 	p.cmd.Dir = b.TempDir()
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
@@ -238,7 +175,7 @@ func waitRegistered(b *testing.B, natsURL, service string, p *process) {
 // client built by microenv from them, as the CLI builds its own.
 func clientEnv(b *testing.B, natsURL string) client.Client {
 	b.Helper()
-	for k, v := range localEnv(b, composeEnv(b, "user-cli"), natsURL, "") {
+	for k, v := range localEnv(b, "user-cli", natsURL, "") {
 		if strings.HasPrefix(k, "MICRO_") && k != "MICRO_SERVER_ADDRESS" {
 			b.Setenv(k, v)
 		}

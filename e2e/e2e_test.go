@@ -4,7 +4,9 @@
 package e2e
 
 import (
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -18,8 +20,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"go-micro.dev/v6/registry"
 	natsreg "go-micro.dev/v6/registry/nats"
-	"gopkg.in/yaml.v3"
 
+	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -154,7 +156,7 @@ func startStack(t *testing.T, broker, codec string) *stack {
 	db := pgtest.NewDatabase(t)
 
 	local := func(env map[string]string) map[string]string {
-		out := localize(t, env, ns.URL(), db)
+		out := composeenv.Localize(t, env, ns.URL(), db)
 		switch broker {
 		case brokerCompose:
 		case "":
@@ -165,13 +167,13 @@ func startStack(t *testing.T, broker, codec string) *stack {
 		}
 		return out
 	}
-	userEnv := local(composeEnv(t, "user-service"))
+	userEnv := local(composeenv.Service(t, "user-service"))
 	if codec != "" {
 		userEnv["EVENTS_CODEC"] = codec
 	}
-	st := &stack{natsURL: ns.URL(), cliEnv: environ(local(composeEnv(t, "user-cli")))}
-	st.user = startProcess(t, "shippy-user-service", environ(userEnv))
-	st.email = startProcess(t, "shippy-email-service", environ(local(composeEnv(t, "email-service"))))
+	st := &stack{natsURL: ns.URL(), cliEnv: composeenv.Environ(local(composeenv.Service(t, "user-cli")))}
+	st.user = startProcess(t, "shippy-user-service", composeenv.Environ(userEnv))
+	st.email = startProcess(t, "shippy-email-service", composeenv.Environ(local(composeenv.Service(t, "email-service"))))
 	waitRegistered(t, ns.URL(), "go.micro.srv.user", st.user)
 	waitRegistered(t, ns.URL(), "go.micro.srv.email", st.email)
 	return st
@@ -196,72 +198,6 @@ func (st *stack) cli(t *testing.T, wantCode int, args ...string) string {
 			args, code, stdout.String(), stderr.String(), wantCode)
 	}
 	return stdout.String()
-}
-
-// composeEnv reads a service's environment from docker-compose.yml.
-func composeEnv(t *testing.T, service string) map[string]string {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "docker-compose.yml"))
-	if err != nil {
-		t.Fatalf("read docker-compose.yml: %v", err)
-	}
-	var file struct {
-		Services map[string]struct {
-			Environment map[string]string `yaml:"environment"`
-		} `yaml:"services"`
-	}
-	if err := yaml.Unmarshal(raw, &file); err != nil {
-		t.Fatalf("parse docker-compose.yml: %v", err)
-	}
-	svc, ok := file.Services[service]
-	if !ok {
-		t.Fatalf("docker-compose.yml has no service %q", service)
-	}
-	return svc.Environment
-}
-
-// localize swaps the compose hosts (postgres, nats) for this test's servers
-// and keeps every other value as the compose file has it.
-func localize(t *testing.T, env map[string]string, natsURL, dbURL string) map[string]string {
-	t.Helper()
-	db := parseDBURL(t, dbURL)
-	out := map[string]string{}
-	for k, v := range env {
-		v = strings.ReplaceAll(v, "nats://nats:4222", natsURL)
-		switch k {
-		case "DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME":
-			v = db[k]
-		case "JWT_SECRET":
-			v = "e2e-test-secret-0123456789abcdef0123456789"
-		case "MICRO_SERVER_ADDRESS":
-			v = "127.0.0.1:0"
-		}
-		if strings.Contains(v, "nats:4222") || strings.Contains(v, "${") {
-			t.Fatalf("docker-compose.yml value %s=%q was not made local", k, v)
-		}
-		out[k] = v
-	}
-	return out
-}
-
-// environ keeps the parent environment (PATH, HOME, GOTOOLCHAIN, ...) but
-// none of the variables that configure shippy, then adds env.
-func environ(env map[string]string) []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "MICRO_") || strings.HasPrefix(k, "DB_") || strings.HasPrefix(k, "JWT_") ||
-			strings.HasPrefix(k, "EMAIL_") || strings.HasPrefix(k, "AUTH_") ||
-			k == "DATABASE_URL" || k == "EVENTS_CODEC" || k == "SQLITE_PATH" || k == "SHIPPY_PASSWORD" ||
-			k == "BCRYPT_COST" || k == "LOG_LEVEL" {
-			continue
-		}
-		out = append(out, kv)
-	}
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
 }
 
 type process struct {
@@ -421,4 +357,13 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func randomSuffix(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }

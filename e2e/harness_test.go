@@ -30,6 +30,7 @@ import (
 	natsreg "go-micro.dev/v6/registry/nats"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -81,8 +82,8 @@ func startFaultStack(t *testing.T, users, emails int) *faultStack {
 		t:        t,
 		nats:     ns,
 		dbURL:    db,
-		userEnv:  localize(t, composeEnv(t, "user-service"), ns.URL(), db),
-		emailEnv: localize(t, composeEnv(t, "email-service"), ns.URL(), db),
+		userEnv:  composeenv.Localize(t, composeenv.Service(t, "user-service"), ns.URL(), db),
+		emailEnv: composeenv.Localize(t, composeenv.Service(t, "email-service"), ns.URL(), db),
 		prefix:   "fault-" + randomSuffix(t),
 	}
 	for _, env := range []map[string]string{s.userEnv, s.emailEnv} {
@@ -117,7 +118,7 @@ func (s *faultStack) startUser() *userProcess {
 	t.Helper()
 	env := maps.Clone(s.userEnv)
 	env["MICRO_SERVER_ADDRESS"] = "127.0.0.1:0"
-	u := &userProcess{process: startProcess(t, "shippy-user-service", environ(env))}
+	u := &userProcess{process: startProcess(t, "shippy-user-service", composeenv.Environ(env))}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if m := listeningOn.FindStringSubmatch(u.stderr.String()); m != nil {
@@ -143,7 +144,7 @@ func (s *faultStack) startUser() *userProcess {
 // startEmail starts an email-service replica; waitEmailReplicas waits for it.
 func (s *faultStack) startEmail() *process {
 	s.t.Helper()
-	p := startProcess(s.t, "shippy-email-service", environ(s.emailEnv))
+	p := startProcess(s.t, "shippy-email-service", composeenv.Environ(s.emailEnv))
 	s.mu.Lock()
 	s.emails = append(s.emails, p)
 	s.mu.Unlock()
