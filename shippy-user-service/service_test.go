@@ -38,7 +38,7 @@ func testCfg(codec string) Config {
 // startUserService runs the user-service in-process on a random port,
 // registered in the NATS registry at natsURL and publishing on the NATS
 // broker there, and waits until it is registered.
-func startUserService(t *testing.T, cfg Config, store *Store, natsURL string, log *slog.Logger) *userService {
+func startUserService(t testing.TB, cfg Config, store *Store, natsURL string, log *slog.Logger) *userService {
 	t.Helper()
 	svc, err := newService(cfg, store, log,
 		micro.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))),
@@ -55,7 +55,7 @@ func startUserService(t *testing.T, cfg Config, store *Store, natsURL string, lo
 
 // serveInBackground runs svc.serve, as main does, until stop is called or
 // the test ends; stop returns serve's error.
-func serveInBackground(t *testing.T, svc *userService) (stop func() error) {
+func serveInBackground(t testing.TB, svc *userService) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -86,7 +86,7 @@ func serveInBackground(t *testing.T, svc *userService) (stop func() error) {
 // waitRegistered polls a registry of its own, as another process would,
 // until name has a node. Asking through a client first would cache the
 // miss for 5 s.
-func waitRegistered(t *testing.T, natsURL, name string) {
+func waitRegistered(t testing.TB, natsURL, name string) {
 	t.Helper()
 	reg := natsregistry.NewNatsRegistry(registry.Addrs(natsURL))
 	deadline := time.Now().Add(15 * time.Second)

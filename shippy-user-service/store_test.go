@@ -34,7 +34,7 @@ var storeBackends = []struct {
 	}},
 }
 
-func openTestStore(t *testing.T, cfg Config) *Store {
+func openTestStore(t testing.TB, cfg Config) *Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
