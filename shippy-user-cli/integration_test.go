@@ -22,6 +22,7 @@ import (
 	"go-micro.dev/v6/registry"
 	natsregistry "go-micro.dev/v6/registry/nats"
 
+	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
 )
@@ -72,16 +73,7 @@ func binaries(t *testing.T) (service, cli string) {
 // cleanEnv is this process's environment without anything that configures
 // shippy or go-micro, so the developer's shell cannot leak into the test.
 func cleanEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "MICRO_") || strings.HasPrefix(k, "DB_") || strings.HasPrefix(k, "JWT_") ||
-			k == "DATABASE_URL" || k == "SHIPPY_PASSWORD" || k == "SQLITE_PATH" {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env, extra...)
+	return append(composeenv.Environ(nil), extra...)
 }
 
 // lockedBuffer collects a child's output while it runs.
