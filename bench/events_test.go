@@ -10,12 +10,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go-micro.dev/v6"
-	"go-micro.dev/v6/broker"
-	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/server"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/natstest"
 	pb "github.com/shippy/shippy/proto/user"
 )
@@ -58,7 +55,7 @@ func (c *counter) settle(n int64, idle time.Duration) bool {
 
 func sampleEvent(i int) *pb.UserCreated {
 	return &pb.UserCreated{
-		EventId: fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i), UserId: "0b7c7b8e-5f0e-4d2a-9a59-3f1c2e7d9a10",
+		EventId: fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i), Id: "0b7c7b8e-5f0e-4d2a-9a59-3f1c2e7d9a10",
 		Name: "Bench User", Company: "Bench", Email: "bench.user@example.com", CreatedAtUnixMs: time.Now().UnixMilli(),
 	}
 }
@@ -74,43 +71,28 @@ func sampleEvent(i int) *pb.UserCreated {
 func microEvents(b *testing.B, natsURL, topic string, builtin bool) func(n int) result {
 	b.Helper()
 	var handled counter
-	// go-micro's built-in broker is one global instance: give each side its
-	// own, as two processes would have.
-	opts := func() []micro.Option {
-		if builtin {
-			return []micro.Option{micro.Broker(broker.NewHttpBroker())}
-		}
-		return nil
-	}
-	sub, err := microenv.NewService("bench.events.sub", append(opts(), micro.Address("127.0.0.1:0"))...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := micro.RegisterSubscriber(topic, sub.Server(), func(_ context.Context, ev *pb.UserCreated) error {
+	env, p := fromEnv(b)
+	sub := env.NewServer("bench.events.sub", p, server.Address("127.0.0.1:0"))
+	if err := sub.Subscribe(sub.NewSubscriber(topic, func(_ context.Context, ev *pb.UserCreated) error {
 		if ev.EventId == "" {
 			return fmt.Errorf("empty event")
 		}
 		handled.n.Add(1)
 		return nil
-	}, server.SubscriberQueue("bench")); err != nil {
+	}, server.SubscriberQueue("bench"))); err != nil {
 		b.Fatal(err)
 	}
-	if err := sub.Server().Start(); err != nil {
+	if err := sub.Start(); err != nil {
 		b.Fatalf("start subscriber: %v", err)
 	}
-	b.Cleanup(func() { sub.Server().Stop() })
+	b.Cleanup(func() { sub.Stop() })
 	waitRegistered(b, natsURL, "bench.events.sub", nil)
 
-	pubSrv, err := microenv.NewService("bench.events.pub", opts()...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c := pubSrv.Client()
-	// As the user-service's publisher: protobuf, not go-micro's JSON default.
-	if err := c.Init(client.ContentType("application/protobuf")); err != nil {
-		b.Fatal(err)
-	}
-	if err := pubSrv.Options().Broker.Connect(); err != nil {
+	// The publisher has parts of its own, as the user-service would; its
+	// client sends protobuf, as the user-service's does.
+	pubEnv, pubParts := fromEnv(b)
+	c := pubEnv.NewClient(pubParts)
+	if err := pubParts.Broker.Connect(); err != nil {
 		b.Fatalf("connect publisher broker: %v", err)
 	}
 	ev := micro.NewEvent(topic, c)

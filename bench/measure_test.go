@@ -36,6 +36,21 @@ func (r result) pct(p float64) time.Duration {
 	return r.lat[max(0, min(i, len(r.lat)-1))]
 }
 
+// worst is the slowest call: a stall hides behind p99 (one 5 s call in
+// 10,000 leaves p99 untouched), so it is reported next to it.
+func (r result) worst() time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[len(r.lat)-1]
+}
+
+// over counts the calls slower than d.
+func (r result) over(d time.Duration) int {
+	i, _ := slices.BinarySearch(r.lat, d+1)
+	return len(r.lat) - i
+}
+
 func (r result) merge(o result) result {
 	lat := append(append([]time.Duration(nil), r.lat...), o.lat...)
 	slices.Sort(lat)
@@ -69,6 +84,47 @@ func run(n, conc int, op func(i int) error) result {
 	r := result{ops: n, errs: int(errs.Load()), dur: time.Since(start), lat: lat}
 	slices.Sort(r.lat)
 	return r
+}
+
+// runFor calls op from conc goroutines until d has passed and records each
+// call's latency; errs counts failed calls, and the first error is kept.
+func runFor(d time.Duration, conc int, op func() error) (result, error) {
+	var mu sync.Mutex
+	var all []time.Duration
+	var errs int
+	var first error
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var lat []time.Duration
+			var n int
+			var ferr error
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				if err := op(); err != nil {
+					n++
+					if ferr == nil {
+						ferr = err
+					}
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			errs += n
+			if first == nil {
+				first = ferr
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	slices.Sort(all)
+	return result{ops: len(all), errs: errs, dur: time.Since(start), lat: all}, first
 }
 
 // alternate measures base and subj in two interleaved halves each

@@ -100,11 +100,13 @@ func BenchmarkCreateToEmail(b *testing.B) {
 	checkErrs(b, "Create", subj)
 	b.ReportMetric(us(rawR.pct(50)), "rawnats-rtt-p50-us")
 	b.ReportMetric(us(rawR.pct(99)), "rawnats-rtt-p99-us")
+	b.ReportMetric(us(rawR.worst()), "rawnats-rtt-max-us")
 	b.ReportMetric(us(subj.pct(50)), "create-to-email-p50-us")
 	b.ReportMetric(us(subj.pct(99)), "create-to-email-p99-us")
+	b.ReportMetric(us(subj.worst()), "create-to-email-max-us")
 	b.ReportMetric(float64(early), "emails-before-reply")
-	fmt.Printf("create-to-email: p50 %.0fus p99 %.0fus (%d of %d emails out before Create's reply arrived); raw NATS RTT p50 %.0fus p99 %.0fus\n",
-		us(subj.pct(50)), us(subj.pct(99)), early, len(subj.lat), us(rawR.pct(50)), us(rawR.pct(99)))
+	fmt.Printf("create-to-email: p50 %.0fus p99 %.0fus max %.0fus (%d of %d emails out before Create's reply arrived); raw NATS RTT p50 %.0fus p99 %.0fus max %.0fus\n",
+		us(subj.pct(50)), us(subj.pct(99)), us(subj.worst()), early, len(subj.lat), us(rawR.pct(50)), us(rawR.pct(99)), us(rawR.worst()))
 	ratio(b, "5-create-to-email-p50-vs-rawnats-rtt", float64(rawR.pct(50))/float64(max(subj.pct(50), time.Microsecond)))
 }
 

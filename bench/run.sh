@@ -11,7 +11,10 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
 	echo "bench: TEST_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)" >&2
 	exit 1
 fi
-go test -run '^$' -bench "${BENCH:-.}" -benchtime=1x -count "$count" -timeout 30m ./bench/ | tee "$out"
+go test -run '^$' -bench "${BENCH:-.}" -benchtime=1x -count "$count" -timeout "${BENCH_TIMEOUT:-30m}" ./bench/ | tee "$out"
 echo
 echo "== ratios (higher is better; targets in BENCH.md) =="
 grep -E '^(ratio|tune|create-to-email|rss|built-in)' "$out" | sort -s -t= -k1,1
+echo
+echo "== latency: p50, p99 and the slowest call (max) =="
+grep -E '^(stack|validate|soak-rpc|soak-cli):' "$out" || true

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,10 +17,9 @@ import (
 	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/logger"
 	"go-micro.dev/v6/registry"
-	natsreg "go-micro.dev/v6/registry/nats"
 
 	"github.com/shippy/shippy/internal/composeenv"
-	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/natsregistry"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -34,6 +34,9 @@ var (
 func TestMain(m *testing.M) {
 	// go-micro's start/stop lines in this process would bury the results.
 	logger.DefaultLogger = logger.NewLogger(logger.WithLevel(logger.WarnLevel))
+	// Nor the NATS connections' reconnect warnings when a benchmark's
+	// nats-server stops before its clients.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
@@ -49,7 +52,7 @@ func binaries(b *testing.B) string {
 			return
 		}
 		cmd := exec.Command("go", "build", "-o", binDir+string(filepath.Separator),
-			"./shippy-user-service", "./shippy-email-service")
+			"./shippy-user-service", "./shippy-email-service", "./shippy-user-cli")
 		cmd.Dir = ".."
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		buildErr = cmd.Run()
@@ -149,7 +152,7 @@ func (p *process) rssKiB(b *testing.B) float64 {
 // through a go-micro client first would cache the miss for 5 s.
 func waitRegistered(b *testing.B, natsURL, service string, p *process) {
 	b.Helper()
-	reg := natsreg.NewNatsRegistry(registry.Addrs(natsURL))
+	reg := natsregistry.New([]registry.Option{registry.Addrs(natsURL)}, natsregistry.AskGoMicro(true))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		svcs, err := reg.GetService(service)
@@ -180,11 +183,8 @@ func clientEnv(b *testing.B, natsURL string) client.Client {
 			b.Setenv(k, v)
 		}
 	}
-	srv, err := microenv.NewService("bench.client")
-	if err != nil {
-		b.Fatal(err)
-	}
-	return srv.Client()
+	env, p := fromEnv(b)
+	return env.NewClient(p)
 }
 
 func userClient(b *testing.B, natsURL string) pb.UserService {

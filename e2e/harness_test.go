@@ -27,11 +27,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/registry"
-	natsreg "go-micro.dev/v6/registry/nats"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
 	pb "github.com/shippy/shippy/proto/user"
@@ -53,7 +53,9 @@ const (
 // every service process it started (stopped ones included: their logs
 // still count).
 type faultStack struct {
-	t        *testing.T
+	t *testing.T
+	// broker is MICRO_BROKER: "jetstream", or "" for the built-in one.
+	broker   string
 	nats     *natstest.Server
 	dbURL    string
 	userEnv  map[string]string
@@ -76,10 +78,18 @@ type userProcess struct {
 // docker-compose.yml's environment, switched to the JetStream broker.
 func startFaultStack(t *testing.T, users, emails int) *faultStack {
 	t.Helper()
+	return startFaultStackOn(t, "jetstream", users, emails)
+}
+
+// startFaultStackOn is startFaultStack on MICRO_BROKER=broker: "jetstream",
+// or "" for the built-in broker (the registry stays NATS).
+func startFaultStackOn(t *testing.T, broker string, users, emails int) *faultStack {
+	t.Helper()
 	ns := natstest.Start(t)
 	db := pgtest.NewDatabase(t)
 	s := &faultStack{
 		t:        t,
+		broker:   broker,
 		nats:     ns,
 		dbURL:    db,
 		userEnv:  composeenv.Localize(t, composeenv.Service(t, "user-service"), ns.URL(), db),
@@ -87,7 +97,12 @@ func startFaultStack(t *testing.T, users, emails int) *faultStack {
 		prefix:   "fault-" + randomSuffix(t),
 	}
 	for _, env := range []map[string]string{s.userEnv, s.emailEnv} {
-		env["MICRO_BROKER"] = "jetstream"
+		if broker == "" {
+			delete(env, "MICRO_BROKER")
+			delete(env, "MICRO_BROKER_ADDRESS")
+			continue
+		}
+		env["MICRO_BROKER"] = broker
 		env["MICRO_BROKER_ADDRESS"] = ns.URL()
 	}
 	// bcrypt's cost is not under test; the default would make load CPU-bound.
@@ -156,7 +171,7 @@ func (s *faultStack) startEmail() *process {
 func (s *faultStack) waitEmailReplicas(n int) {
 	t := s.t
 	t.Helper()
-	reg := natsreg.NewNatsRegistry(registry.Addrs(s.nats.URL()))
+	reg := natsregistry.New([]registry.Option{registry.Addrs(s.nats.URL())}, natsregistry.AskGoMicro(true))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		svcs, err := reg.GetService(emailServiceName)
@@ -388,7 +403,7 @@ func (s *faultStack) usersWithoutOneEvent(users map[string]string) ([]string, er
 			if err := proto.Unmarshal(payload, &ev); err != nil {
 				return fmt.Errorf("outbox event %s: decode payload: %w", id, err)
 			}
-			events[ev.GetUserId()]++
+			events[ev.GetId()]++
 		}
 		return rows.Err()
 	})
@@ -488,9 +503,10 @@ func (s *faultStack) count() (tally, error) {
 
 // settle waits until the pipeline is at rest, then counts: every committed
 // user has an email (or settleTimeout passed), the outbox has no pending
-// row, and the email consumer has nothing pending or unacked, so no late
-// duplicate can still arrive. It fails the test unless each committed user
-// got exactly one email, and logs the count.
+// row, and (on JetStream) the email consumer has nothing pending or unacked,
+// so no late duplicate can still arrive (the built-in broker keeps nothing:
+// a publish returns after the delivery). It fails the test unless each
+// committed user got exactly one email, and logs the count.
 func (s *faultStack) settle() tally {
 	t := s.t
 	t.Helper()
@@ -500,7 +516,10 @@ func (s *faultStack) settle() tally {
 	for {
 		tl, err := s.count()
 		total, pending, oerr := s.outboxCounts()
-		idle, state, cerr := s.consumerIdle()
+		idle, state, cerr := true, "(none: built-in broker)", error(nil)
+		if s.broker == "jetstream" {
+			idle, state, cerr = s.consumerIdle()
+		}
 		last = fmt.Sprintf("%d users, %d emails, %d lost; outbox %d rows, %d pending (%v); consumer %s (%v)",
 			tl.users, tl.sends, tl.lost, total, pending, oerr, state, cerr)
 		if err == nil && tl.lost == 0 && oerr == nil && pending == 0 && cerr == nil && idle {

@@ -72,6 +72,10 @@ var errSendInProgress = errors.New("welcome email for this event is being sent b
 // the lease over and sends at once.
 const defaultSendLease = 10 * time.Second
 
+// sendTimeout bounds one send under a lease of the given length: half of
+// it, so that the send ends before another delivery may take the claim over.
+func sendTimeout(lease time.Duration) time.Duration { return lease / 2 }
+
 // logTimeout bounds the Sent and Release calls made after the send, which
 // run even if the delivery's context has been cancelled meanwhile.
 const logTimeout = 5 * time.Second
@@ -103,7 +107,7 @@ func (d *dedupMailer) Send(ctx context.Context, e WelcomeEmail) error {
 		return nil
 	}
 
-	sendCtx, cancel := context.WithTimeout(ctx, d.lease/2)
+	sendCtx, cancel := context.WithTimeout(ctx, sendTimeout(d.lease))
 	err = d.next.Send(sendCtx, e)
 	cancel()
 

@@ -113,6 +113,23 @@ func TestDedupMailer(t *testing.T) {
 				}
 			})
 
+			t.Run("permanent failure releases the claim, so a replay sends", func(t *testing.T) {
+				tl := newTally()
+				logs := impl(t, &clock{})
+				refused := fmt.Errorf("%w: smtp: 550 5.1.1 no such user", errPermanent)
+				failing := mailerFunc(func(context.Context, WelcomeEmail) error { return refused })
+				if err := dedup(failing, logs()).Send(context.Background(), welcome("ev-1")); !errors.Is(err, errPermanent) {
+					t.Fatalf("Send(ev-1) with a permanently failing mailer = %v; want %v", err, errPermanent)
+				}
+				// The dead letter replayed by an operator, once the address is fixed.
+				if err := dedup(tl.mailer("r2"), logs()).Send(context.Background(), welcome("ev-1")); err != nil {
+					t.Fatalf("replayed Send(ev-1) = %v; want nil", err)
+				}
+				if n := len(tl.sends("ev-1")); n != 1 {
+					t.Errorf("sends for ev-1 after a permanent failure and a replay = %d; want 1", n)
+				}
+			})
+
 			t.Run("concurrent delivery waits for the one sending", func(t *testing.T) {
 				tl := newTally()
 				logs := impl(t, &clock{})

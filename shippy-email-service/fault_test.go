@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/registry"
@@ -70,6 +70,9 @@ type faultEnv struct {
 	dead    chan *nats.Msg
 	js      jetstream.JetStream
 	pub     client.Client
+	// log is what startService's handler, sent log and broker log to
+	// (discarded unless a test sets it).
+	log *slog.Logger
 }
 
 // startFaultEnv starts an in-process NATS server, watches the dead-letter
@@ -81,7 +84,7 @@ func startFaultEnv(t *testing.T, m Mailer) *faultEnv {
 	t.Helper()
 	ns := natstest.Start(t)
 	ctx := context.Background()
-	env := &faultEnv{url: ns.URL(), dead: make(chan *nats.Msg, 16)}
+	env := &faultEnv{url: ns.URL(), dead: make(chan *nats.Msg, 16), log: discardLog}
 
 	// The dead-letter subject is watched before anything is published.
 	nc, err := nats.Connect(ns.URL())
@@ -100,7 +103,7 @@ func startFaultEnv(t *testing.T, m Mailer) *faultEnv {
 		t.Fatal(err)
 	}
 
-	sentLog, closeLog, err := dialKVSentLog(ctx, ns.URL(), defaultSentBucket, defaultSendLease)
+	sentLog, closeLog, err := dialKVSentLog(ctx, ns.URL(), kvBucket{Name: defaultSentBucket}, defaultSendLease)
 	if err != nil {
 		t.Fatalf("sent log: %v", err)
 	}
@@ -125,27 +128,19 @@ func startFaultEnv(t *testing.T, m Mailer) *faultEnv {
 // wrap, if given, wraps its broker.
 func (env *faultEnv) startService(t *testing.T, m Mailer, wrap ...func(broker.Broker) broker.Broker) {
 	t.Helper()
-	h := NewHandler(newDedupMailer(m, env.sentLog, defaultSendLease, discardLog), discardLog)
-	var b broker.Broker = jsbroker.NewBroker(broker.Addrs(env.url), jsbroker.Logger(discardLog))
+	h := NewHandler(newDedupMailer(m, env.sentLog, defaultSendLease, env.log), env.log)
+	var b broker.Broker = jsbroker.NewBroker(broker.Addrs(env.url), jsbroker.Logger(env.log))
 	for _, w := range wrap {
 		b = w(b)
 	}
-	srv, err := newEmailService(h, defaultQueue,
-		micro.Broker(b),
-		micro.Registry(registry.NewMemoryRegistry()),
-		micro.Address("127.0.0.1:0"),
-		micro.HandleSignal(false),
-	)
+	srv, err := newEmailService(testEnv, testPlugins(b), h, defaultQueue)
 	if err != nil {
 		t.Fatalf("newEmailService: %v", err)
 	}
-	if err := srv.Start(); err != nil {
+	if err := srv.start(); err != nil {
 		t.Fatalf("start email-service: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = srv.Stop()
-		srv.waitHandlersDone()
-	})
+	t.Cleanup(func() { _ = srv.stop() })
 }
 
 func (env *faultEnv) publish(t *testing.T, ids ...string) {

@@ -47,14 +47,14 @@ func FuzzDecodeEvent(f *testing.F) {
 		ev, decodeErr := decodeLikeGoMicro(ct, body)
 		// The event spec, restated rather than calling validate, so that a
 		// weakened validate fails here.
-		complete := ev.GetEventId() != "" && ev.GetUserId() != "" && ev.GetName() != "" && ev.GetEmail() != ""
+		complete := ev.GetEventId() != "" && ev.GetId() != "" && ev.GetName() != "" && ev.GetEmail() != ""
 		if decodeErr != nil || !complete {
 			if err == nil || len(sends) != 0 {
 				t.Errorf("publish %q (%s) = %v, %d sends; want an error and 0 sends", body, ct, err, len(sends))
 			}
 			return
 		}
-		want := WelcomeEmail{EventID: ev.GetEventId(), UserID: ev.GetUserId(), Name: ev.GetName(), Email: ev.GetEmail()}
+		want := WelcomeEmail{EventID: ev.GetEventId(), UserID: ev.GetId(), Name: ev.GetName(), Email: ev.GetEmail(), Company: ev.GetCompany()}
 		if err != nil || len(sends) != 1 || sends[0] != want {
 			t.Errorf("publish %q (%s) = %v, sends %+v; want nil, [%+v]", body, ct, err, sends, want)
 		}

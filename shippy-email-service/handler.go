@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/requestid"
 	pb "github.com/shippy/shippy/proto/user"
-	"go-micro.dev/v6"
 	"go-micro.dev/v6/server"
 )
 
@@ -20,12 +21,17 @@ type Mailer interface {
 	Send(ctx context.Context, e WelcomeEmail) error
 }
 
-// errInvalidEvent marks events that can never be sent. go-micro hands the
-// broker the handler's error flattened to a go-micro error (text only), so
-// the broker cannot tell it from a passing failure: an invalid event is
-// retried like any other and dead-lettered when its deliveries run out
-// (jsbroker's MaxDeliver), with this error's text as the reason.
+// errInvalidEvent marks events that can never be sent. It is returned
+// unmarked, so an invalid event is retried like any other and dead-lettered
+// when its deliveries run out (jsbroker's MaxDeliver), with this error's
+// text as the reason; only the mailer's errPermanent is dead-lettered at once.
 var errInvalidEvent = errors.New("invalid user.created event")
+
+// errPermanent marks a mailer's failure that no retry can fix (the SMTP
+// server refused the recipient for good): the handler hands it to the broker
+// as jsbroker.Permanent, which survives go-micro's flattening of the error
+// to text, and jsbroker dead-letters the event at once with the reason.
+var errPermanent = errors.New("permanent failure")
 
 // Handler turns user.created events into welcome emails.
 type Handler struct {
@@ -45,31 +51,42 @@ func (h *Handler) Handle(ctx context.Context, ev *pb.UserCreated) error {
 	if err := validate(ev); err != nil {
 		h.log.WarnContext(ctx, "rejected user.created event",
 			slog.String("event_id", ev.GetEventId()),
-			slog.String("user_id", ev.GetUserId()),
+			slog.String("user_id", ev.GetId()),
 			slog.Any("error", err))
 		return err
 	}
 	err := h.mailer.Send(ctx, WelcomeEmail{
-		EventID: ev.GetEventId(),
-		UserID:  ev.GetUserId(),
-		Name:    ev.GetName(),
-		Email:   ev.GetEmail(),
+		EventID:   ev.GetEventId(),
+		UserID:    ev.GetId(),
+		Name:      ev.GetName(),
+		Email:     ev.GetEmail(),
+		Company:   ev.GetCompany(),
+		RequestID: requestid.FromContext(ctx),
 	})
 	if err != nil {
+		permanent := errors.Is(err, errPermanent)
 		h.log.ErrorContext(ctx, "welcome email failed",
 			slog.String("event_id", ev.GetEventId()),
-			slog.String("user_id", ev.GetUserId()),
+			slog.String("user_id", ev.GetId()),
+			slog.Bool("permanent", permanent),
 			slog.Any("error", err))
-		return fmt.Errorf("send welcome email for event %s: %w", ev.GetEventId(), err)
+		err = fmt.Errorf("send welcome email for event %s: %w", ev.GetEventId(), err)
+		if permanent {
+			// A durable broker (jsbroker) dead-letters it now instead of
+			// retrying; the others see an error as before.
+			return jsbroker.Permanent(err)
+		}
+		return err
 	}
 	return nil
 }
 
 func validate(ev *pb.UserCreated) error {
+	// Named as in user.proto, so a dead letter's reason names the field.
 	var missing []string
 	for _, f := range []struct{ name, value string }{
 		{"event_id", ev.GetEventId()},
-		{"user_id", ev.GetUserId()},
+		{"id", ev.GetId()},
 		{"name", ev.GetName()},
 		{"email", ev.GetEmail()},
 	} {
@@ -86,7 +103,7 @@ func validate(ev *pb.UserCreated) error {
 // Subscribe registers h for user.created on srv in the queue group queue, so
 // that replicas sharing the queue handle each event once between them.
 func Subscribe(srv server.Server, h *Handler, queue string) error {
-	if err := micro.RegisterSubscriber(pb.TopicUserCreated, srv, h.Handle, server.SubscriberQueue(queue)); err != nil {
+	if err := srv.Subscribe(srv.NewSubscriber(pb.TopicUserCreated, h.Handle, server.SubscriberQueue(queue))); err != nil {
 		return fmt.Errorf("subscribe to %s: %w", pb.TopicUserCreated, err)
 	}
 	return nil

@@ -6,9 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/servicelog"
 
 	pb "github.com/shippy/shippy/proto/user"
 )
@@ -16,7 +20,7 @@ import (
 func validEvent() *pb.UserCreated {
 	return &pb.UserCreated{
 		EventId:         "ev-1",
-		UserId:          "user-1",
+		Id:              "user-1",
 		Name:            "Ewan Valentine",
 		Company:         "Shippy",
 		Email:           "ewan@example.com",
@@ -30,7 +34,7 @@ func TestHandleValidates(t *testing.T) {
 		mutate func(*pb.UserCreated)
 	}{
 		{"no event id", func(e *pb.UserCreated) { e.EventId = "" }},
-		{"no user id", func(e *pb.UserCreated) { e.UserId = "" }},
+		{"no user id", func(e *pb.UserCreated) { e.Id = "" }},
 		{"no name", func(e *pb.UserCreated) { e.Name = "" }},
 		{"no email", func(e *pb.UserCreated) { e.Email = "" }},
 	}
@@ -82,7 +86,11 @@ func TestLogMailerPrintsTheTutorialLine(t *testing.T) {
 }
 
 func TestLoadConfig(t *testing.T) {
-	defaults := Config{LogLevel: slog.LevelInfo, Queue: "go.micro.srv.email", SentBucket: "shippy_email_sent", SendLease: 10 * time.Second}
+	defaults := Config{LogLevel: slog.LevelInfo, LogFormat: servicelog.DefaultFormat(), MetricsAddress: ":9092",
+		Queue: "go.micro.srv.email", SentBucket: "shippy_email_sent", SendLease: 10 * time.Second}
+	// On jetstream the sent log is bounded: 7 days (the event stream's
+	// max age), 256 MiB.
+	sentLimits := func(c *Config) { c.SentMaxAge, c.SentMaxBytes = 7*24*time.Hour, 256<<20 }
 	with := func(change func(*Config)) Config {
 		c := defaults
 		change(&c)
@@ -100,11 +108,11 @@ func TestLoadConfig(t *testing.T) {
 				c.LogLevel, c.Queue, c.SentBucket, c.SendLease = slog.LevelDebug, "emails", "sent-2", time.Minute
 			}), ""},
 		{"jetstream: shared log at the default address", map[string]string{"MICRO_BROKER": "jetstream"},
-			with(func(c *Config) { c.SentNATS = "nats://127.0.0.1:4222" }), ""},
+			with(func(c *Config) { c.SentNATS = "nats://127.0.0.1:4222"; sentLimits(c) }), ""},
 		{"jetstream: shared log at the broker's addresses", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,n2:4222"},
-			with(func(c *Config) { c.SentNATS = "nats://n1:4222,n2:4222" }), ""},
+			with(func(c *Config) { c.SentNATS = "nats://n1:4222,n2:4222"; sentLimits(c) }), ""},
 		{"jetstream: lease within the broker's last redelivery delay", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "14s"},
-			with(func(c *Config) { c.SentNATS, c.SendLease = "nats://127.0.0.1:4222", 14*time.Second }), ""},
+			with(func(c *Config) { c.SentNATS, c.SendLease = "nats://127.0.0.1:4222", 14*time.Second; sentLimits(c) }), ""},
 		{"jetstream: lease outlasting the redeliveries", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "15s"}, Config{}, "EMAIL_SEND_LEASE"},
 		{"core nats: in memory", map[string]string{"MICRO_BROKER": "nats", "MICRO_BROKER_ADDRESS": "nats://n1:4222"}, defaults, ""},
 		{"bad broker address", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "http://n1:4222"}, Config{}, "MICRO_BROKER_ADDRESS"},
@@ -125,7 +133,8 @@ func TestLoadConfig(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tt.want {
+			got.Micro = microenv.Env{} // internal/microenv's own tests check it
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("LoadConfig(%v) = %+v, %v; want %+v, nil", tt.env, got, err, tt.want)
 			}
 		})

@@ -7,9 +7,25 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go-micro.dev/v6/broker"
+	"go-micro.dev/v6/registry"
+	"go-micro.dev/v6/transport"
+
+	"github.com/shippy/shippy/internal/microenv"
 )
 
 var discardLog = slog.New(slog.DiscardHandler)
+
+// testEnv is go-micro's configuration of the services tests start: a free
+// loopback port.
+var testEnv = microenv.Env{ServerAddress: "127.0.0.1:0", ClientRetries: -1}
+
+// testPlugins puts b beside a registry of the test's own, for a service
+// that needs no other process to find it.
+func testPlugins(b broker.Broker) microenv.Plugins {
+	return microenv.Plugins{Broker: b, Registry: registry.NewMemoryRegistry(), Transport: transport.NewHTTPTransport()}
+}
 
 // mailerFunc adapts a function to Mailer.
 type mailerFunc func(ctx context.Context, e WelcomeEmail) error

@@ -80,7 +80,7 @@ func (u *userService) publishJSON(t *testing.T, ev *pb.UserCreated) {
 func event(id string) *pb.UserCreated {
 	return &pb.UserCreated{
 		EventId:         id,
-		UserId:          "user-" + id,
+		Id:              "user-" + id,
 		Name:            "Name " + id,
 		Company:         "Shippy",
 		Email:           id + "@example.com",
@@ -132,7 +132,7 @@ func TestNATSBothCodecs(t *testing.T) {
 
 	for _, ev := range []*pb.UserCreated{proto, json} {
 		got := tl.sends(ev.EventId)
-		want := WelcomeEmail{EventID: ev.EventId, UserID: ev.UserId, Name: ev.Name, Email: ev.Email}
+		want := WelcomeEmail{EventID: ev.EventId, UserID: ev.Id, Name: ev.Name, Email: ev.Email, Company: ev.Company}
 		if len(got) != 1 || got[0] != want {
 			t.Errorf("sends for %s = %+v; want exactly [%+v]", ev.EventId, got, want)
 		}

@@ -13,10 +13,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// sentTTL is how long the key-value bucket remembers a sent event id: far
-// longer than any redelivery or outbox retry, short enough to bound the
-// bucket. An id forgotten after it would send again.
-const sentTTL = 7 * 24 * time.Hour
+// kvBucket is the sent log's key-value bucket and how it is stored. A zero
+// limit is no limit.
+type kvBucket struct {
+	Name string
+	// MaxAge is how long a sent event id is remembered (EMAIL_SENT_MAX_AGE):
+	// an id forgotten while its event can still be delivered again (it is
+	// in the event stream) would be sent again, so LoadConfig keeps it at
+	// least the stream's max age.
+	MaxAge time.Duration
+	// MaxBytes bounds the bucket (EMAIL_SENT_MAX_BYTES). A full bucket
+	// refuses new keys (JetStream's DiscardNew for key-value buckets), so
+	// claims fail: nothing is sent, and events are retried, then
+	// dead-lettered, until old ids expire.
+	MaxBytes int64
+	Replicas int
+}
 
 // Values of a key in the bucket.
 const (
@@ -39,24 +51,28 @@ type kvSentLog struct {
 	now   func() time.Time
 }
 
-// newKVSentLog creates the bucket if needed (or updates its settings).
-func newKVSentLog(ctx context.Context, js jetstream.JetStream, bucket string, lease time.Duration) (*kvSentLog, error) {
+// newKVSentLog creates the bucket if needed, or updates its settings: the
+// email-service owns it.
+func newKVSentLog(ctx context.Context, js jetstream.JetStream, b kvBucket, lease time.Duration) (*kvSentLog, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bucket,
+		Bucket:      b.Name,
 		Description: "shippy email-service: event ids whose welcome email was sent",
-		TTL:         sentTTL,
+		TTL:         b.MaxAge,
+		MaxBytes:    b.MaxBytes,
+		Replicas:    b.Replicas,
 		Storage:     jetstream.FileStorage,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("key-value bucket %s: %w", bucket, err)
+		return nil, fmt.Errorf("key-value bucket %s (replicas %d): %w", b.Name, max(b.Replicas, 1), err)
 	}
 	return &kvSentLog{kv: kv, lease: lease, now: time.Now}, nil
 }
 
-// dialKVSentLog connects to NATS at urls (comma-separated) and opens the
-// bucket; close ends the connection.
-func dialKVSentLog(ctx context.Context, urls, bucket string, lease time.Duration) (*kvSentLog, func(), error) {
-	nc, err := nats.Connect(urls, nats.Name(serviceName+" sent-log"), nats.MaxReconnects(-1))
+// dialKVSentLog connects to NATS at urls (comma-separated) with opts (the
+// program's credentials, its logging) and opens the bucket; close ends the
+// connection.
+func dialKVSentLog(ctx context.Context, urls string, b kvBucket, lease time.Duration, opts ...nats.Option) (*kvSentLog, func(), error) {
+	nc, err := nats.Connect(urls, append([]nats.Option{nats.Name(serviceName + " sent-log"), nats.MaxReconnects(-1)}, opts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats %s: %w", urls, err)
 	}
@@ -65,12 +81,21 @@ func dialKVSentLog(ctx context.Context, urls, bucket string, lease time.Duration
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
-	sent, err := newKVSentLog(ctx, js, bucket, lease)
+	sent, err := newKVSentLog(ctx, js, b, lease)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
 	return sent, nc.Close, nil
+}
+
+// Ready reports whether the bucket answers (its stream's info), for the
+// readiness check.
+func (s *kvSentLog) Ready(ctx context.Context) error {
+	if _, err := s.kv.Status(ctx); err != nil {
+		return fmt.Errorf("key-value bucket %s: %w", s.kv.Bucket(), err)
+	}
+	return nil
 }
 
 // Claim's lease is the key's revision: Sent and Release write only on it.

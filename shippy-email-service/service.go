@@ -4,52 +4,70 @@ import (
 	"fmt"
 	"sync"
 
-	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/server"
 
+	"github.com/shippy/shippy/internal/httpbroker"
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/requestid"
 )
 
-// emailService is the go-micro service with h subscribed to user.created.
+// emailService is the go-micro server with h subscribed to user.created.
 type emailService struct {
-	micro.Service
-	gate *readyBroker
+	server server.Server
+	gate   *readyBroker
 }
 
-// newEmailService builds the service from the MICRO_* environment (opts
-// come first; tests pass registry, broker and address) and subscribes h in
-// queue group queue.
-func newEmailService(h *Handler, queue string, opts ...micro.Option) (*emailService, error) {
-	srv, err := microenv.NewService(serviceName, append([]micro.Option{
-		// Stop waits for RPCs in flight only with server.Wait, read when the
-		// server is built; the replaced server's name is set again.
-		micro.Server(server.NewRPCServer(server.Name(serviceName), server.Wait(nil))),
-		micro.Version("latest"),
-	}, opts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("service: %w", err)
-	}
-	gate := &readyBroker{Broker: srv.Options().Broker, ready: make(chan struct{})}
-	srv.Init(micro.Broker(gate), micro.AfterStart(func() error { gate.open(); return nil }))
-	if err := Subscribe(srv.Server(), h, queue); err != nil {
+// newEmailService builds the server on p (from MICRO_*, or a test's) and
+// subscribes h in queue group queue. The handler's context carries the
+// event's request id (its X-Request-Id header), for its log lines and the
+// email's header.
+func newEmailService(env microenv.Env, p microenv.Plugins, h *Handler, queue string) (*emailService, error) {
+	gate := &readyBroker{Broker: p.Broker, ready: make(chan struct{})}
+	p.Broker = gate
+	srv := env.NewServer(serviceName, p, server.WrapSubscriber(requestid.NewSubscriberWrapper()))
+	if err := Subscribe(srv, h, queue); err != nil {
 		return nil, err
 	}
-	return &emailService{Service: srv, gate: gate}, nil
+	return &emailService{server: srv, gate: gate}, nil
 }
 
-// waitHandlersDone returns once the JetStream broker has disconnected, which
-// it does only after its running handlers returned and their acks or naks
-// went out. go-micro's Stop unsubscribes (jsbroker lets the running handler
-// finish) unless deregistering failed first, and disconnects in the
-// background after Stop returned: without this wait the sent log could
-// close, or the process exit, under a handler holding a claim. Other brokers
-// redeliver nothing, and their Disconnect may not be called twice.
+// start starts the server, then lets deliveries through (see readyBroker).
+func (s *emailService) start() error {
+	if err := s.server.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", serviceName, err)
+	}
+	s.gate.open()
+	return nil
+}
+
+// stop deregisters, unsubscribes and waits for the handlers running.
+func (s *emailService) stop() error {
+	err := s.server.Stop()
+	s.waitHandlersDone()
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", serviceName, err)
+	}
+	return nil
+}
+
+// waitHandlersDone returns once the JetStream broker or shippy's http broker
+// has disconnected, which they do only after their running handlers
+// returned and their acks, naks or answers went out. go-micro's Stop
+// unsubscribes (both let the running handler finish) unless deregistering
+// failed first, and disconnects in the background after Stop returned:
+// without this wait the sent log could close, or the process exit, under a
+// handler holding a claim, and an email sent but not answered would be
+// published again. Other brokers redeliver nothing, and their Disconnect may
+// not be called twice.
 func (s *emailService) waitHandlersDone() {
 	s.gate.open() // a Start that failed must not leave a handler waiting
-	if js, ok := s.gate.Broker.(*jsbroker.Broker); ok {
-		_ = js.Disconnect() // returns when go-micro's own call is done
+	switch b := s.gate.Broker.(type) {
+	case *jsbroker.Broker:
+		_ = b.Disconnect() // returns when go-micro's own call is done
+	case *httpbroker.Broker:
+		_ = b.Disconnect() // the same
 	}
 }
 

@@ -64,7 +64,7 @@ func rawJSONMessage(t *testing.T, ev *pb.UserCreated) *broker.Message {
 		t.Fatalf("marshal %v: %v", ev, err)
 	}
 	return &broker.Message{
-		Header: map[string]string{"Content-Type": "application/json", "User-Id": ev.GetUserId()},
+		Header: map[string]string{"Content-Type": "application/json", "User-Id": ev.GetId()},
 		Body:   body,
 	}
 }
@@ -93,7 +93,7 @@ func TestSubscriberDecodesAndSends(t *testing.T) {
 				t.Fatalf("publish = %v; want nil", err)
 			}
 			got := tl.sends(ev.EventId)
-			want := WelcomeEmail{EventID: ev.EventId, UserID: ev.UserId, Name: ev.Name, Email: ev.Email}
+			want := WelcomeEmail{EventID: ev.EventId, UserID: ev.Id, Name: ev.Name, Email: ev.Email, Company: ev.Company}
 			if len(got) != 1 || got[0] != want {
 				t.Errorf("sends for %s = %+v; want exactly [%+v]", ev.EventId, got, want)
 			}

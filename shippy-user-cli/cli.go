@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shippy/shippy/internal/requestid"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -31,25 +32,47 @@ go-micro registry configured by MICRO_REGISTRY, MICRO_REGISTRY_ADDRESS, ...
 
 Commands:
   create    --name N --email E [--company C] [--password P]   create a user; prints "Created: <id>"
-  get       --id ID                                           show one user
-  list                                                        list all users
-  auth      --email E [--password P]                          print a token for the user
-  validate  --token T                                         exit 0 when the token is valid, 1 when not
+  get       --id ID                                           show one user: your own, or any for an admin
+  list                                                        list all users (admins only)
+  auth      --email E [--password P] [--no-save]              print a token for the user and save it
+  validate  [--token T]                                       exit 0 when the token is valid, 1 when not
+  logout                                                      remove the saved token
   demo                                                        the tutorial's sequence: create a sample
                                                               user, list users, authenticate, print the token
+  events tail [--from-start] [--count N]                      print each user.created event as it happens
+  events dead-letters [--replay ID]                           list the dead-lettered events; --replay publishes
+                                                              one again and removes it from the dead letters
 
 Global flags (before or after the command):
   --json           machine-readable JSON on stdout
   --timeout D      bound for each call to the service (default 10s)
+  --token T        the token to send (get, list, demo) or check (validate)
+  --request-id ID  the request id sent with each call of the command (default:
+                   a new random one; up to 64 letters, digits, - _ . :); the
+                   services log it, so an operator can follow the command
+  --verbose        print the request id on stderr (errors always end with it)
 
 Passwords: --password, else SHIPPY_PASSWORD, else a no-echo prompt when stdin
 is a terminal. Prefer SHIPPY_PASSWORD or the prompt: flags are visible in ps.
 
+Tokens: get and list need one. auth saves it (unless --no-save) in
+$XDG_CONFIG_HOME/shippy/token, or ~/.config/shippy/token, readable by you
+only; commands send --token, else SHIPPY_TOKEN, else that file. logout
+removes the file.
+
+Events: the events commands read the broker's NATS, not the user-service:
+MICRO_BROKER=jetstream (tail also takes nats) and MICRO_BROKER_ADDRESS, as
+the services have them, logged in as the NATS user ops (NATS_USER=ops and
+NATS_PASSWORD or NATS_PASSWORD_FILE): the CLI's own user may not read events.
+
 Environment:
   SHIPPY_PASSWORD          password for create and auth
+  SHIPPY_TOKEN             token for get, list, validate and demo
   MICRO_REGISTRY           go-micro registry (mdns by default; nats, ...)
   MICRO_REGISTRY_ADDRESS   registry address, e.g. nats://127.0.0.1:4222
   MICRO_TRANSPORT          go-micro transport; must match the service's
+  MICRO_BROKER, MICRO_BROKER_ADDRESS   the broker's NATS (events)
+  NATS_USER, NATS_PASSWORD (or NATS_PASSWORD_FILE)   NATS login
   (and every other MICRO_* variable go-micro reads)
 
 Exit codes:
@@ -58,10 +81,12 @@ Exit codes:
      (a 4xx answer from the service), or validate: the token is not valid
   2  usage or configuration error (bad flags, missing value, bad MICRO_* value)
   3  the user-service is not reachable: not registered, no answer within
-     --timeout, or it failed (5xx)
+     --timeout, or it failed (5xx); for events: NATS or its stream
 
 Errors are printed to stderr as one line, with --json too:
-  shippy-user-cli: <command>: <message> (<code the service answered>)
+  shippy-user-cli: <command>: <message> (<code the service answered>); request id: <id>
+The request id (once the service was called) names the services' log lines
+about the command: give it to whoever reads them.
 `
 
 // app is the CLI with its outside world injected, so tests can run it
@@ -76,6 +101,16 @@ type app struct {
 
 	json    bool
 	timeout time.Duration
+	// token is --token: sent by get, list and demo, checked by validate.
+	token string
+	// requestID is --request-id, or the one made for the command's first
+	// call (newRequestID, or requestid.New when nil); every call of the
+	// command sends it (X-Request-Id), and errors after a call end with it.
+	requestID    string
+	newRequestID func() string
+	verbose      bool
+	// called is true once a call to the service was made.
+	called bool
 }
 
 // exitError is an error that decides the exit code itself. An empty msg
@@ -105,7 +140,9 @@ var commands = []command{
 	{"list", runList},
 	{"auth", runAuth},
 	{"validate", runValidate},
+	{"logout", runLogout},
 	{"demo", runDemo},
+	{"events", runEvents},
 }
 
 func (a *app) run(ctx context.Context, args []string) int {
@@ -139,6 +176,9 @@ func (a *app) run(ctx context.Context, args []string) int {
 func (a *app) globalFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&a.json, "json", a.json, "machine-readable JSON output")
 	fs.DurationVar(&a.timeout, "timeout", a.timeout, "bound for each call to the service")
+	fs.StringVar(&a.token, "token", a.token, "the token to send (else SHIPPY_TOKEN, else the saved one)")
+	fs.StringVar(&a.requestID, "request-id", a.requestID, "the request id to send (default: a new random one)")
+	fs.BoolVar(&a.verbose, "verbose", a.verbose, "print the request id on stderr")
 }
 
 // parse parses a command's flags (plus the global ones) and rejects
@@ -160,6 +200,9 @@ func (a *app) parse(fs *flag.FlagSet, args []string) error {
 	}
 	if a.timeout <= 0 {
 		return usageErrorf("--timeout must be positive, got %s", a.timeout)
+	}
+	if a.requestID != "" && !requestid.Valid(a.requestID) {
+		return usageErrorf("--request-id must be 1 to %d letters, digits, '-', '_', '.' or ':'", requestid.MaxLen)
 	}
 	return nil
 }
@@ -207,6 +250,7 @@ func (a *app) client() (pb.UserService, error) {
 // call runs one RPC bounded by --timeout. The registry lookup inside the
 // go-micro client ignores the context, so the bound is enforced here too.
 func (a *app) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	ctx = requestid.Outgoing(ctx, a.requestIDForCall())
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	done := make(chan error, 1)
@@ -238,8 +282,29 @@ func (a *app) fail(cmd string, err error) int {
 	if cmd != "" {
 		prefix += cmd + ": "
 	}
-	fmt.Fprintln(a.stderr, prefix+oneLine(msg))
+	msg = oneLine(msg)
+	if a.called {
+		// For an operator: the services logged the calls under this id.
+		msg += "; request id: " + a.requestID
+	}
+	fmt.Fprintln(a.stderr, prefix+msg)
 	return code
+}
+
+// requestIDForCall returns the command's request id, made on its first
+// call unless --request-id gave one, and prints it once with --verbose.
+func (a *app) requestIDForCall() string {
+	if a.requestID == "" {
+		a.requestID = requestid.New()
+		if a.newRequestID != nil {
+			a.requestID = a.newRequestID()
+		}
+	}
+	if !a.called && a.verbose {
+		fmt.Fprintf(a.stderr, "%s: request id: %s\n", prog, a.requestID)
+	}
+	a.called = true
+	return a.requestID
 }
 
 func oneLine(s string) string {

@@ -5,12 +5,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"text/tabwriter"
 
 	merrors "go-micro.dev/v6/errors"
 
+	"github.com/shippy/shippy/internal/tokenauth"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -100,6 +103,10 @@ func runGet(ctx context.Context, a *app, args []string) error {
 	if err := required([2]string{"id", *id}); err != nil {
 		return err
 	}
+	ctx, err := a.withToken(ctx)
+	if err != nil {
+		return err
+	}
 	svc, err := a.client()
 	if err != nil {
 		return err
@@ -110,7 +117,7 @@ func runGet(ctx context.Context, a *app, args []string) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return signInHint(err)
 	}
 	if a.json {
 		return a.printJSON(struct {
@@ -126,13 +133,17 @@ func runList(ctx context.Context, a *app, args []string) error {
 	if err := a.parse(fs, args); err != nil {
 		return err
 	}
+	ctx, err := a.withToken(ctx)
+	if err != nil {
+		return err
+	}
 	svc, err := a.client()
 	if err != nil {
 		return err
 	}
 	users, err := a.list(ctx, svc)
 	if err != nil {
-		return err
+		return signInHint(err)
 	}
 	if a.json {
 		return a.printJSON(struct {
@@ -156,6 +167,7 @@ func runAuth(ctx context.Context, a *app, args []string) error {
 	fs := flag.NewFlagSet("auth", flag.ContinueOnError)
 	email := fs.String("email", "", "the user's email (required)")
 	pw := fs.String("password", "", "password (or SHIPPY_PASSWORD, or a prompt)")
+	noSave := fs.Bool("no-save", false, "print the token only; do not write the token file")
 	if err := a.parse(fs, args); err != nil {
 		return err
 	}
@@ -173,6 +185,13 @@ func runAuth(ctx context.Context, a *app, args []string) error {
 	token, err := a.auth(ctx, svc, *email, password)
 	if err != nil {
 		return err
+	}
+	if !*noSave {
+		// Refused with a message, not ignored: a later command would
+		// otherwise send an older token without saying so.
+		if _, err := a.saveToken(token); err != nil {
+			return &exitError{code: exitUsage, msg: fmt.Sprintf("%v (use --no-save to only print the token)", err)}
+		}
 	}
 	if a.json {
 		return a.printJSON(struct {
@@ -195,12 +214,15 @@ func (a *app) auth(ctx context.Context, svc pb.UserService, email, password stri
 
 func runValidate(ctx context.Context, a *app, args []string) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
-	token := fs.String("token", "", "the token to check (required)")
 	if err := a.parse(fs, args); err != nil {
 		return err
 	}
-	if err := required([2]string{"token", *token}); err != nil {
+	token, err := a.bearerToken()
+	if err != nil {
 		return err
+	}
+	if token == "" {
+		return usageErrorf("no token to check: --token, SHIPPY_TOKEN, or a token saved by %s auth", prog)
 	}
 	svc, err := a.client()
 	if err != nil {
@@ -208,7 +230,7 @@ func runValidate(ctx context.Context, a *app, args []string) error {
 	}
 	var tok *pb.Token
 	err = a.call(ctx, func(ctx context.Context) (err error) {
-		tok, err = svc.ValidateToken(ctx, &pb.Token{Token: *token})
+		tok, err = svc.ValidateToken(ctx, &pb.Token{Token: token})
 		return err
 	})
 	valid, reason := tok.GetValid(), ""
@@ -248,9 +270,18 @@ func runValidate(ctx context.Context, a *app, args []string) error {
 // runDemo is the tutorial's cli.go: create a sample user, list all users,
 // authenticate as the new user and print the token. The email is unique so
 // the demo can run again against the same database.
+//
+// Listing every user is for admins now: the demo lists them with the
+// caller's token (--token, SHIPPY_TOKEN or the saved one) when it is an
+// admin's, and otherwise shows the sample user alone, read with the token
+// Create returned. It saves no token.
 func runDemo(ctx context.Context, a *app, args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	if err := a.parse(fs, args); err != nil {
+		return err
+	}
+	callerToken, err := a.bearerToken()
+	if err != nil {
 		return err
 	}
 	svc, err := a.client()
@@ -279,7 +310,7 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return fmt.Errorf("create sample user: %w", err)
 	}
-	users, err := a.list(ctx, svc)
+	users, all, err := a.demoUsers(ctx, callerToken, svc, created)
 	if err != nil {
 		return err
 	}
@@ -289,15 +320,65 @@ func runDemo(ctx context.Context, a *app, args []string) error {
 	}
 	if a.json {
 		return a.printJSON(struct {
-			User  userJSON   `json:"user"`
-			Users []userJSON `json:"users"`
-			Token string     `json:"token"`
-		}{toJSON(created.GetUser()), toJSONs(users), token})
+			User     userJSON   `json:"user"`
+			Users    []userJSON `json:"users"`
+			AllUsers bool       `json:"all_users"`
+			Token    string     `json:"token"`
+		}{toJSON(created.GetUser()), toJSONs(users), all, token})
 	}
 	fmt.Fprintf(a.stdout, "Created: %s\n", created.GetUser().GetId())
-	fmt.Fprintln(a.stdout, "Users:")
+	if all {
+		fmt.Fprintln(a.stdout, "Users:")
+	} else {
+		fmt.Fprintln(a.stdout, "Your user (listing every user needs an admin's token):")
+	}
 	a.printUsers(users)
 	fmt.Fprintf(a.stdout, "Your access token is: %s\n", token)
+	return nil
+}
+
+// demoUsers lists every user with the caller's token when it is an
+// admin's (all is true), else reads the sample user with the token Create
+// gave it.
+func (a *app) demoUsers(ctx context.Context, callerToken string, svc pb.UserService, created *pb.Response) (users []*pb.User, all bool, err error) {
+	if callerToken != "" {
+		users, err = a.list(tokenauth.BearerContext(ctx, callerToken), svc)
+		switch {
+		case err == nil:
+			return users, true, nil
+		case !forbidden(err) && signInHint(err) == err: // neither 403 nor 401
+			return nil, false, fmt.Errorf("list users: %w", err)
+		}
+	}
+	ctx = tokenauth.BearerContext(ctx, created.GetToken().GetToken())
+	var resp *pb.Response
+	err = a.call(ctx, func(ctx context.Context) (err error) {
+		resp, err = svc.Get(ctx, &pb.User{Id: created.GetUser().GetId()})
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("read the sample user: %w", err)
+	}
+	return []*pb.User{resp.GetUser()}, false, nil
+}
+
+func runLogout(_ context.Context, a *app, args []string) error {
+	fs := flag.NewFlagSet("logout", flag.ContinueOnError)
+	if err := a.parse(fs, args); err != nil {
+		return err
+	}
+	path, err := a.tokenPath()
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	switch err := os.Remove(path); {
+	case errors.Is(err, os.ErrNotExist):
+		fmt.Fprintf(a.stdout, "No saved token (%s).\n", path)
+	case err != nil:
+		return usageErrorf("remove the token file: %v", err)
+	default:
+		fmt.Fprintf(a.stdout, "Removed the saved token (%s).\n", path)
+	}
 	return nil
 }
 

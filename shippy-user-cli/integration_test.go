@@ -20,9 +20,9 @@ import (
 	"time"
 
 	"go-micro.dev/v6/registry"
-	natsregistry "go-micro.dev/v6/registry/nats"
 
 	"github.com/shippy/shippy/internal/composeenv"
+	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
 )
@@ -107,6 +107,7 @@ func startService(t *testing.T, bin, natsURL string) {
 		"DATABASE_URL="+pgtest.NewDatabase(t),
 		"JWT_SECRET=integration-test-secret-0123456789abcdef",
 		"BCRYPT_COST=4",
+		"ADMIN_EMAILS="+adminEmail,
 	)
 	var logs lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -135,7 +136,7 @@ func startService(t *testing.T, bin, natsURL string) {
 // cache a miss for 5 s.
 func waitRegistered(t *testing.T, natsURL string, exited <-chan error, logs *lockedBuffer) {
 	t.Helper()
-	reg := natsregistry.NewNatsRegistry(registry.Addrs(natsURL))
+	reg := natsregistry.New([]registry.Option{registry.Addrs(natsURL)})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		svcs, err := reg.GetService(serviceName)
@@ -154,14 +155,18 @@ func waitRegistered(t *testing.T, natsURL string, exited <-chan error, logs *loc
 	}
 }
 
-// cliRunner runs the CLI binary against one registry.
+// adminEmail is the user-service's ADMIN_EMAILS in these tests.
+const adminEmail = "root@example.com"
+
+// cliRunner runs the CLI binary against one registry, with a configuration
+// folder (where auth saves the token) of the test's own.
 type cliRunner struct {
 	bin string
 	env []string
 }
 
-func newCLI(bin, natsURL string) cliRunner {
-	return cliRunner{bin: bin, env: cleanEnv("MICRO_REGISTRY=nats", "MICRO_REGISTRY_ADDRESS="+natsURL)}
+func newCLI(t *testing.T, bin, natsURL string) cliRunner {
+	return cliRunner{bin: bin, env: cleanEnv("MICRO_REGISTRY=nats", "MICRO_REGISTRY_ADDRESS="+natsURL, "XDG_CONFIG_HOME="+t.TempDir())}
 }
 
 func (c cliRunner) run(t *testing.T, extraEnv []string, args ...string) result {
@@ -215,7 +220,7 @@ func TestCLIAgainstRunningService(t *testing.T) {
 	serviceBin, cliBin := binaries(t)
 	nats := natstest.Start(t)
 	startService(t, serviceBin, nats.URL())
-	cli := newCLI(cliBin, nats.URL())
+	cli := newCLI(t, cliBin, nats.URL())
 	password := []string{"SHIPPY_PASSWORD=correct-horse-battery"}
 
 	// The happy path, as the README tells a person to do it.
@@ -225,10 +230,23 @@ func TestCLIAgainstRunningService(t *testing.T) {
 		t.Fatalf("shippy-user-cli %q = exit %d, stdout %q, stderr %q; want exit 0, 'Created: <id>'", args, r.code, r.stdout, r.stderr)
 	}
 	id := strings.TrimSpace(strings.TrimPrefix(r.stdout, "Created: "))
+	// An admin, signed in without saving; Ewan signed in and saved.
+	if r := cli.run(t, password, "create", "--name", "Root", "--email", adminEmail); r.code != 0 {
+		t.Fatalf("create the admin = exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = cli.run(t, password, "auth", "--no-save", "--email", adminEmail)
+	adminToken := strings.TrimSpace(r.stdout)
+	if r.code != 0 || adminToken == "" {
+		t.Fatalf("auth as the admin = exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	asAdmin := []string{"SHIPPY_TOKEN=" + adminToken}
+	if r := cli.run(t, password, "auth", "--email", "ewan@example.com"); r.code != 0 {
+		t.Fatalf("auth as Ewan = exit %d, stderr %q", r.code, r.stderr)
+	}
 
-	t.Run("list shows the user", func(t *testing.T) {
+	t.Run("list shows the users to an admin", func(t *testing.T) {
 		args := []string{"--json", "list"}
-		r := cli.run(t, nil, args...)
+		r := cli.run(t, asAdmin, args...)
 		if r.code != 0 {
 			t.Fatalf("shippy-user-cli %q = exit %d, stderr %q; want 0", args, r.code, r.stderr)
 		}
@@ -237,19 +255,19 @@ func TestCLIAgainstRunningService(t *testing.T) {
 			t.Fatalf("shippy-user-cli %q stdout is not JSON: %v\n%s", args, err, r.stdout)
 		}
 		want := userJSON{ID: id, Name: "Ewan Valentine", Company: "BBC", Email: "ewan@example.com"}
-		if len(got.Users) != 1 || got.Users[0] != want {
-			t.Errorf("shippy-user-cli %q users = %+v; want [%+v]", args, got.Users, want)
+		if len(got.Users) != 2 || got.Users[0] != want || got.Users[1].Email != adminEmail {
+			t.Errorf("shippy-user-cli %q users = %+v; want [%+v] and the admin", args, got.Users, want)
 		}
 		if strings.Contains(r.stdout, "correct-horse") || strings.Contains(r.stdout, "$2a$") {
 			t.Errorf("list printed a password or hash: %s", r.stdout)
 		}
-		r = cli.run(t, nil, "list")
+		r = cli.run(t, nil, "--token", adminToken, "list")
 		if r.code != 0 || !strings.Contains(r.stdout, id) || !strings.Contains(r.stdout, "ewan@example.com") {
 			t.Errorf("shippy-user-cli list = exit %d, stdout %q; want a line with %s", r.code, r.stdout, id)
 		}
 	})
 
-	t.Run("get by id", func(t *testing.T) {
+	t.Run("get by id, with the token auth saved", func(t *testing.T) {
 		r := cli.run(t, nil, "get", "--id", id)
 		if r.code != 0 || !strings.Contains(r.stdout, "ewan@example.com") {
 			t.Errorf("shippy-user-cli get --id %s = exit %d, stdout %q, stderr %q; want the user", id, r.code, r.stdout, r.stderr)
@@ -294,7 +312,11 @@ func TestCLIAgainstRunningService(t *testing.T) {
 		{"password too short", []string{"SHIPPY_PASSWORD=short"}, []string{"create", "--name", "Ann", "--email", "ann@example.com"}, exitRejected, "(400)"},
 		{"wrong password", []string{"SHIPPY_PASSWORD=wrong-password-1"}, []string{"auth", "--email", "ewan@example.com"}, exitRejected, "(401)"},
 		{"unknown email", password, []string{"auth", "--email", "nobody@example.com"}, exitRejected, "(401)"},
-		{"unknown id", nil, []string{"get", "--id", "00000000-0000-0000-0000-000000000000"}, exitRejected, "(404)"},
+		{"unknown id", asAdmin, []string{"get", "--id", "00000000-0000-0000-0000-000000000000"}, exitRejected, "(404)"},
+		{"another user's id", nil, []string{"get", "--id", "00000000-0000-0000-0000-000000000000"}, exitRejected, "you may read only your own user (403)"},
+		{"list as a non-admin", nil, []string{"list"}, exitRejected, "UserService.GetAll is for admins only (403)"},
+		{"list with a forged token", []string{"SHIPPY_TOKEN=" + adminToken[:len(adminToken)-2] + "xx"}, []string{"list"}, exitRejected,
+			"invalid or expired token (401): sign in with `shippy-user-cli auth --email EMAIL`"},
 		{"missing flag", nil, []string{"get"}, exitUsage, "--id is required"},
 		{"missing password", nil, []string{"auth", "--email", "ewan@example.com"}, exitUsage, "a password is required"},
 	}
@@ -318,13 +340,13 @@ func TestCLIWithoutService(t *testing.T) {
 	t.Run("registry up, service not registered", func(t *testing.T) {
 		nats := natstest.Start(t)
 		args := []string{"--timeout", "3s", "list"}
-		r := newCLI(cliBin, nats.URL()).run(t, nil, args...)
+		r := newCLI(t, cliBin, nats.URL()).run(t, nil, args...)
 		wantFailure(t, args, r, exitUnavailable, "go.micro.srv.user is not in the registry")
 	})
 
 	t.Run("registry unreachable", func(t *testing.T) {
 		args := []string{"--timeout", "3s", "validate", "--token", "t"}
-		r := newCLI(cliBin, "nats://"+closedAddr(t)).run(t, nil, args...)
+		r := newCLI(t, cliBin, "nats://"+closedAddr(t)).run(t, nil, args...)
 		wantFailure(t, args, r, exitUnavailable, "cannot reach go.micro.srv.user")
 	})
 

@@ -45,12 +45,16 @@ func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr *os.
 	return a.run(ctx, args)
 }
 
-// connect builds a go-micro client from the MICRO_* environment; the service
-// itself is never run, only its client is used.
+// connect builds a go-micro client from the MICRO_* environment; the CLI
+// runs no server, it only calls.
 func connect() (pb.UserService, error) {
-	srv, err := microenv.NewService("go.micro.srv.user-cli")
+	env, err := microenv.LoadEnv(os.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return pb.NewUserService(serviceName, srv.Client()), nil
+	plugins, err := env.Plugins()
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewUserService(serviceName, env.NewClient(plugins)), nil
 }

@@ -14,6 +14,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/opshttp"
+	"github.com/shippy/shippy/internal/servicelog"
 )
 
 // minSecretLen is the shortest JWT_SECRET accepted: HS256 needs at least a
@@ -33,9 +37,11 @@ const (
 )
 
 // Config is everything the user-service reads from its environment, read and
-// validated once at start-up. go-micro's own MICRO_* variables are not here:
-// go-micro reads them itself (see internal/microenv).
+// validated once at start-up, go-micro's MICRO_* variables included.
 type Config struct {
+	// Micro is go-micro's configuration (MICRO_BROKER, MICRO_REGISTRY, ...).
+	Micro microenv.Env
+
 	// Driver is driverPostgres when a database server is configured,
 	// driverSQLite otherwise.
 	Driver string
@@ -53,35 +59,63 @@ type Config struct {
 	BcryptCost  int
 	EventsCodec string
 
-	AuthMaxFailures   int
-	AuthFailureWindow time.Duration
+	// AdminEmails are the lower-cased emails whose tokens carry the admin
+	// claim (ADMIN_EMAILS).
+	AdminEmails []string
+
+	// The login throttle (limiter.go): back-off starts after
+	// AuthMaxFailures failures of one email from one caller, or
+	// AuthCallerMaxFailures of one caller across emails; waits start at
+	// AuthBackoffBase and double up to AuthBackoffMax; failures older than
+	// AuthFailureWindow are forgotten.
+	AuthMaxFailures       int
+	AuthCallerMaxFailures int
+	AuthBackoffBase       time.Duration
+	AuthBackoffMax        time.Duration
+	AuthFailureWindow     time.Duration
 
 	LogLevel slog.Level
+	// LogFormat is LOG_FORMAT: json, or text; default text on a terminal,
+	// json otherwise.
+	LogFormat servicelog.Format
+	// MetricsAddress is METRICS_ADDRESS, where the ops server serves
+	// /metrics, /healthz and /readyz (default :9091); empty when "off".
+	MetricsAddress string
 }
 
 // Defaults.
 const (
-	defaultSQLitePath        = "shippy-users.db"
-	defaultDBPort            = "5432"
-	defaultJWTTTL            = 72 * time.Hour
-	defaultBcryptCost        = bcrypt.DefaultCost
-	defaultAuthMaxFailures   = 5
-	defaultAuthFailureWindow = time.Minute
+	defaultSQLitePath            = "shippy-users.db"
+	defaultDBPort                = "5432"
+	defaultJWTTTL                = 72 * time.Hour
+	defaultBcryptCost            = bcrypt.DefaultCost
+	defaultAuthMaxFailures       = 5
+	defaultAuthCallerMaxFailures = 50
+	defaultAuthBackoffBase       = time.Second
+	defaultAuthBackoffMax        = 15 * time.Minute
+	defaultAuthFailureWindow     = time.Hour
 )
 
 // loadConfig reads the configuration through getenv (os.Getenv outside
 // tests). Every error names the variable that is wrong.
 func loadConfig(getenv func(string) string) (Config, error) {
 	cfg := Config{
-		JWTTTL:            defaultJWTTTL,
-		BcryptCost:        defaultBcryptCost,
-		EventsCodec:       codecProto,
-		AuthMaxFailures:   defaultAuthMaxFailures,
-		AuthFailureWindow: defaultAuthFailureWindow,
-		LogLevel:          slog.LevelInfo,
+		JWTTTL:                defaultJWTTTL,
+		BcryptCost:            defaultBcryptCost,
+		EventsCodec:           codecProto,
+		AuthMaxFailures:       defaultAuthMaxFailures,
+		AuthCallerMaxFailures: defaultAuthCallerMaxFailures,
+		AuthBackoffBase:       defaultAuthBackoffBase,
+		AuthBackoffMax:        defaultAuthBackoffMax,
+		AuthFailureWindow:     defaultAuthFailureWindow,
+		LogLevel:              slog.LevelInfo,
 	}
 	get := func(name string) string { return strings.TrimSpace(getenv(name)) }
 
+	var err error
+	if cfg.Micro, err = microenv.LoadEnv(getenv); err != nil {
+		return Config{}, err
+	}
 	if err := loadStore(&cfg, get, getenv); err != nil {
 		return Config{}, err
 	}
@@ -89,7 +123,6 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 
-	var err error
 	if v := get("JWT_TTL"); v != "" {
 		if cfg.JWTTTL, err = positiveDuration("JWT_TTL", v); err != nil {
 			return Config{}, err
@@ -108,16 +141,16 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		}
 		cfg.EventsCodec = v
 	}
-	if v := get("AUTH_MAX_FAILURES"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return Config{}, fmt.Errorf("AUTH_MAX_FAILURES=%q: want a positive integer", v)
-		}
-		cfg.AuthMaxFailures = n
+	if err := loadThrottle(&cfg, get); err != nil {
+		return Config{}, err
 	}
-	if v := get("AUTH_FAILURE_WINDOW"); v != "" {
-		if cfg.AuthFailureWindow, err = positiveDuration("AUTH_FAILURE_WINDOW", v); err != nil {
-			return Config{}, err
+	if v := get("ADMIN_EMAILS"); v != "" {
+		for _, e := range strings.Split(v, ",") {
+			e = strings.TrimSpace(e)
+			if err := validateEmail(e); err != nil {
+				return Config{}, fmt.Errorf("ADMIN_EMAILS: %q: %w (a comma-separated list of addresses)", e, err)
+			}
+			cfg.AdminEmails = append(cfg.AdminEmails, normalizeEmail(e))
 		}
 	}
 	if v := get("LOG_LEVEL"); v != "" {
@@ -134,7 +167,56 @@ func loadConfig(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", v)
 		}
 	}
+	if cfg.LogFormat, err = servicelog.ParseFormat(getenv("LOG_FORMAT")); err != nil {
+		return Config{}, err
+	}
+	if cfg.MetricsAddress, err = opshttp.ParseAddress("METRICS_ADDRESS", getenv("METRICS_ADDRESS"), defaultMetricsAddress); err != nil {
+		return Config{}, err
+	}
 	return cfg, nil
+}
+
+// loadThrottle reads the login throttle's AUTH_* variables.
+func loadThrottle(cfg *Config, get func(string) string) error {
+	for _, n := range []struct {
+		name string
+		into *int
+	}{
+		{"AUTH_MAX_FAILURES", &cfg.AuthMaxFailures},
+		{"AUTH_CALLER_MAX_FAILURES", &cfg.AuthCallerMaxFailures},
+	} {
+		if v := get(n.name); v != "" {
+			i, err := strconv.Atoi(v)
+			if err != nil || i < 1 {
+				return fmt.Errorf("%s=%q: want a positive integer", n.name, v)
+			}
+			*n.into = i
+		}
+	}
+	for _, d := range []struct {
+		name string
+		into *time.Duration
+	}{
+		{"AUTH_BACKOFF_BASE", &cfg.AuthBackoffBase},
+		{"AUTH_BACKOFF_MAX", &cfg.AuthBackoffMax},
+		{"AUTH_FAILURE_WINDOW", &cfg.AuthFailureWindow},
+	} {
+		if v := get(d.name); v != "" {
+			var err error
+			if *d.into, err = positiveDuration(d.name, v); err != nil {
+				return err
+			}
+		}
+	}
+	if cfg.AuthBackoffBase > cfg.AuthBackoffMax {
+		return fmt.Errorf("AUTH_BACKOFF_BASE=%s is longer than AUTH_BACKOFF_MAX=%s", cfg.AuthBackoffBase, cfg.AuthBackoffMax)
+	}
+	// Failures must outlive the longest wait, or a caller waiting it out
+	// would find its count forgotten and start again with free attempts.
+	if cfg.AuthFailureWindow < 2*cfg.AuthBackoffMax {
+		return fmt.Errorf("AUTH_FAILURE_WINDOW=%s: want at least twice AUTH_BACKOFF_MAX=%s, so that failures are remembered past the longest wait", cfg.AuthFailureWindow, cfg.AuthBackoffMax)
+	}
+	return nil
 }
 
 // dbVars are the tutorial's variables for a PostgreSQL server.

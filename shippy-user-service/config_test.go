@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if !cfg.JWTSecretGenerated || len(cfg.JWTSecret) < minSecretLen {
 		t.Errorf("secret generated %v, %d bytes; want a generated secret of at least %d bytes", cfg.JWTSecretGenerated, len(cfg.JWTSecret), minSecretLen)
 	}
-	want := Config{JWTTTL: 72 * time.Hour, BcryptCost: 10, EventsCodec: "proto", AuthMaxFailures: 5, AuthFailureWindow: time.Minute, LogLevel: slog.LevelInfo}
+	want := Config{JWTTTL: 72 * time.Hour, BcryptCost: 10, EventsCodec: "proto", AuthMaxFailures: 5, AuthFailureWindow: time.Hour, LogLevel: slog.LevelInfo}
 	if cfg.JWTTTL != want.JWTTTL || cfg.BcryptCost != want.BcryptCost || cfg.EventsCodec != want.EventsCodec ||
 		cfg.AuthMaxFailures != want.AuthMaxFailures || cfg.AuthFailureWindow != want.AuthFailureWindow || cfg.LogLevel != want.LogLevel {
 		t.Errorf("loadConfig(empty) = %+v; want defaults %+v", cfg, want)
@@ -81,9 +82,23 @@ func TestLoadConfig(t *testing.T) {
 				t.Errorf("secret = %q", c.JWTSecret)
 			}
 		}},
-		{"all tunables", map[string]string{"JWT_TTL": "15m", "BCRYPT_COST": "12", "EVENTS_CODEC": "json", "AUTH_MAX_FAILURES": "3", "AUTH_FAILURE_WINDOW": "30s", "LOG_LEVEL": "debug"}, func(t *testing.T, c Config) {
-			if c.JWTTTL != 15*time.Minute || c.BcryptCost != 12 || c.EventsCodec != "json" || c.AuthMaxFailures != 3 || c.AuthFailureWindow != 30*time.Second || c.LogLevel != slog.LevelDebug {
+		{"all tunables", map[string]string{"JWT_TTL": "15m", "BCRYPT_COST": "12", "EVENTS_CODEC": "json", "AUTH_MAX_FAILURES": "3",
+			"AUTH_CALLER_MAX_FAILURES": "30", "AUTH_BACKOFF_BASE": "2s", "AUTH_BACKOFF_MAX": "5m", "AUTH_FAILURE_WINDOW": "10m", "LOG_LEVEL": "debug"}, func(t *testing.T, c Config) {
+			if c.JWTTTL != 15*time.Minute || c.BcryptCost != 12 || c.EventsCodec != "json" || c.AuthMaxFailures != 3 ||
+				c.AuthCallerMaxFailures != 30 || c.AuthBackoffBase != 2*time.Second || c.AuthBackoffMax != 5*time.Minute ||
+				c.AuthFailureWindow != 10*time.Minute || c.LogLevel != slog.LevelDebug {
 				t.Errorf("got %+v", c)
+			}
+		}},
+		{"throttle defaults", map[string]string{}, func(t *testing.T, c Config) {
+			if c.AuthMaxFailures != 5 || c.AuthCallerMaxFailures != 50 || c.AuthBackoffBase != time.Second ||
+				c.AuthBackoffMax != 15*time.Minute || c.AuthFailureWindow != time.Hour || len(c.AdminEmails) != 0 {
+				t.Errorf("got %+v; want 5, 50, 1s, 15m, 1h and no admin", c)
+			}
+		}},
+		{"ADMIN_EMAILS lower-cased and trimmed", map[string]string{"ADMIN_EMAILS": " Ada@Example.com, bob@example.com "}, func(t *testing.T, c Config) {
+			if fmt.Sprint(c.AdminEmails) != "[ada@example.com bob@example.com]" {
+				t.Errorf("AdminEmails = %q; want [ada@example.com bob@example.com]", c.AdminEmails)
 			}
 		}},
 	}
@@ -141,6 +156,14 @@ func TestLoadConfigErrorsNameTheVariable(t *testing.T) {
 		{with(nil, "EVENTS_CODEC", "xml"), "EVENTS_CODEC"},
 		{with(nil, "AUTH_MAX_FAILURES", "0"), "AUTH_MAX_FAILURES"},
 		{with(nil, "AUTH_FAILURE_WINDOW", "0s"), "AUTH_FAILURE_WINDOW"},
+		{with(nil, "AUTH_FAILURE_WINDOW", "20m"), "AUTH_FAILURE_WINDOW"}, // under twice the 15m AUTH_BACKOFF_MAX
+		{with(nil, "AUTH_CALLER_MAX_FAILURES", "-1"), "AUTH_CALLER_MAX_FAILURES"},
+		{with(nil, "AUTH_BACKOFF_BASE", "soon"), "AUTH_BACKOFF_BASE"},
+		{with(nil, "AUTH_BACKOFF_MAX", "0s"), "AUTH_BACKOFF_MAX"},
+		{with(nil, "AUTH_BACKOFF_BASE", "20m"), "AUTH_BACKOFF_BASE"}, // longer than AUTH_BACKOFF_MAX
+		{with(nil, "ADMIN_EMAILS", "ada@example.com,,bob@example.com"), "ADMIN_EMAILS"},
+		{with(nil, "ADMIN_EMAILS", "Ada <ada@example.com>"), "ADMIN_EMAILS"},
+		{with(nil, "ADMIN_EMAILS", "not an address"), "ADMIN_EMAILS"},
 		{with(nil, "LOG_LEVEL", "loud"), "LOG_LEVEL"},
 	}
 	for _, tt := range tests {

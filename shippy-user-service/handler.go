@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/mail"
+	"net/netip"
 	"strings"
 	"time"
 	"unicode"
@@ -14,7 +16,9 @@ import (
 
 	"github.com/google/uuid"
 	merrors "go-micro.dev/v6/errors"
+	"go-micro.dev/v6/metadata"
 
+	"github.com/shippy/shippy/internal/tokenauth"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -45,6 +49,14 @@ type passwordHasher interface {
 	Compare(hash, password []byte) error
 }
 
+// loginThrottle slows password guessing (limiter.go). Begin counts an
+// attempt as failed and refuses it (wait > 0) while the caller must wait;
+// Succeeded takes the count back.
+type loginThrottle interface {
+	Begin(ctx context.Context, email, caller string) (wait time.Duration, err error)
+	Succeeded(ctx context.Context, email, caller string) error
+}
+
 // eventNotifier wakes the outbox relay after a commit that enqueued an
 // event, so that it goes out at once instead of at the next sweep.
 type eventNotifier interface {
@@ -57,16 +69,19 @@ type handler struct {
 	hasher  passwordHasher
 	tokens  *tokenService
 	events  eventNotifier
-	limiter *authLimiter
+	limiter loginThrottle
 	log     *slog.Logger
 	now     func() time.Time
+	// metrics counts users created and refused logins (ops.go); nil
+	// counts nothing.
+	metrics handlerMetrics
 
 	// dummyHash is compared against when an email is unknown, so that Auth
 	// spends the same bcrypt time whether or not the account exists.
 	dummyHash []byte
 }
 
-func newHandler(store userStore, hasher passwordHasher, tokens *tokenService, events eventNotifier, limiter *authLimiter, log *slog.Logger) (*handler, error) {
+func newHandler(store userStore, hasher passwordHasher, tokens *tokenService, events eventNotifier, limiter loginThrottle, log *slog.Logger) (*handler, error) {
 	dummy, err := hasher.Hash([]byte("shippy dummy password for timing"))
 	if err != nil {
 		return nil, fmt.Errorf("compute dummy hash: %w", err)
@@ -78,6 +93,18 @@ func newHandler(store userStore, hasher passwordHasher, tokens *tokenService, ev
 }
 
 var _ pb.UserServiceHandler = (*handler)(nil)
+
+// accessPolicy is who may call each endpoint, enforced by tokenauth's
+// wrapper before the handler runs. Sign-up, sign-in and token checks stay
+// open, as in the tutorial; reading users needs a token (Get: the caller's
+// own user unless an admin), listing them the admin claim.
+var accessPolicy = tokenauth.Policy{
+	"UserService.Create":        tokenauth.Open,
+	"UserService.Auth":          tokenauth.Open,
+	"UserService.ValidateToken": tokenauth.Open,
+	"UserService.Get":           tokenauth.Authenticated,
+	"UserService.GetAll":        tokenauth.AdminOnly,
+}
 
 func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) error {
 	// Everything is checked before bcrypt runs, so oversized input costs
@@ -101,7 +128,7 @@ func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) er
 	}
 	ev := &pb.UserCreated{
 		EventId:         uuid.NewString(),
-		UserId:          u.ID,
+		Id:              u.ID,
 		Name:            u.Name,
 		Company:         u.Company,
 		Email:           u.Email,
@@ -116,6 +143,7 @@ func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) er
 		return h.internal(ctx, "create user", err)
 	}
 	h.events.Notify()
+	h.userCreated()
 	h.log.InfoContext(ctx, "user created", "user_id", u.ID, "event_id", ev.EventId)
 
 	token, err := h.tokens.Encode(u)
@@ -129,8 +157,18 @@ func (h *handler) Create(ctx context.Context, req *pb.User, res *pb.Response) er
 }
 
 func (h *handler) Get(ctx context.Context, req *pb.User, res *pb.Response) error {
+	// The wrapper verified the token; without it nobody is let in.
+	caller, ok := tokenauth.FromContext(ctx)
+	if !ok {
+		return merrors.Unauthorized(serviceName, tokenauth.DetailMissing)
+	}
 	if req.Id == "" {
 		return merrors.BadRequest(serviceName, "id is required")
+	}
+	// Before any lookup: a non-admin learns nothing about other ids, not
+	// even whether they exist.
+	if !caller.Admin && req.Id != caller.Subject {
+		return merrors.Forbidden(serviceName, "you may read only your own user")
 	}
 	if _, err := uuid.Parse(req.Id); err != nil {
 		return merrors.BadRequest(serviceName, "id must be a user id (a UUID)")
@@ -147,6 +185,13 @@ func (h *handler) Get(ctx context.Context, req *pb.User, res *pb.Response) error
 }
 
 func (h *handler) GetAll(ctx context.Context, _ *pb.Request, res *pb.Response) error {
+	caller, ok := tokenauth.FromContext(ctx)
+	switch {
+	case !ok:
+		return merrors.Unauthorized(serviceName, tokenauth.DetailMissing)
+	case !caller.Admin:
+		return merrors.Forbidden(serviceName, "UserService.GetAll is for admins only")
+	}
 	users, err := h.store.List(ctx)
 	if err != nil {
 		return h.internal(ctx, "list users", err)
@@ -164,16 +209,26 @@ func errBadCredentials() error {
 	return merrors.Unauthorized(serviceName, "invalid email or password")
 }
 
-func (h *handler) Auth(ctx context.Context, req *pb.User, res *pb.Token) error {
-	email := normalizeEmail(req.Email)
-	// Inputs no account can have are refused before any work.
-	if email == "" || len(email) > maxEmailBytes || len(req.Password) == 0 || len(req.Password) > maxPasswordBytes {
+func (h *handler) Auth(ctx context.Context, req *pb.User, res *pb.Token) (err error) {
+	defer func() { h.countAuthFailure(err) }()
+	// Inputs no account can have are refused before any work (and never
+	// reach the throttle's table): the checks Create makes, on the email as
+	// sent (lower-casing would turn invalid UTF-8 into U+FFFD).
+	raw := strings.TrimSpace(req.Email)
+	if raw == "" || len(raw) > maxEmailBytes || checkText("email", raw, maxEmailBytes) != nil ||
+		len(req.Password) == 0 || len(req.Password) > maxPasswordBytes {
 		return errBadCredentials()
 	}
-	// Allow counts this attempt as failed until the password matches.
-	if ok, wait := h.limiter.Allow(email); !ok {
-		h.log.WarnContext(ctx, "auth refused: too many attempts", "retry_after_s", seconds(wait))
-		return merrors.New(serviceName, fmt.Sprintf("too many attempts for this email: try again in %ds", seconds(wait)), 429)
+	email := normalizeEmail(raw)
+	// Begin counts this attempt as failed until the password matches.
+	caller := callerOf(ctx)
+	wait, err := h.limiter.Begin(ctx, email, caller)
+	if err != nil {
+		return h.internal(ctx, "auth: throttle", err)
+	}
+	if wait > 0 {
+		h.log.WarnContext(ctx, "auth refused: too many failed attempts", "caller", caller, "retry_after_s", seconds(wait))
+		return merrors.New(serviceName, fmt.Sprintf("too many failed attempts: try again in %ds", seconds(wait)), 429)
 	}
 
 	u, err := h.store.GetByEmail(ctx, email)
@@ -181,16 +236,19 @@ func (h *handler) Auth(ctx context.Context, req *pb.User, res *pb.Token) error {
 	case errors.Is(err, errUserNotFound):
 		// Same bcrypt work as a wrong password, so timing reveals nothing.
 		_ = h.hasher.Compare(h.dummyHash, []byte(req.Password))
-		h.log.InfoContext(ctx, "auth failed")
+		h.log.InfoContext(ctx, "auth failed", "caller", caller)
 		return errBadCredentials()
 	case err != nil:
 		return h.internal(ctx, "auth: look up user", err)
 	}
 	if err := h.hasher.Compare([]byte(u.PasswordHash), []byte(req.Password)); err != nil {
-		h.log.InfoContext(ctx, "auth failed", "user_id", u.ID)
+		h.log.InfoContext(ctx, "auth failed", "user_id", u.ID, "caller", caller)
 		return errBadCredentials()
 	}
-	h.limiter.Reset(email)
+	if err := h.limiter.Succeeded(ctx, email, caller); err != nil {
+		// The owner still signs in; the attempt stays counted as failed.
+		h.log.WarnContext(ctx, "auth: clear throttle", "user_id", u.ID, "err", err)
+	}
 
 	token, err := h.tokens.Encode(u)
 	if err != nil {
@@ -223,6 +281,30 @@ func (h *handler) ValidateToken(ctx context.Context, req *pb.Token, res *pb.Toke
 func (h *handler) internal(ctx context.Context, what string, err error) error {
 	h.log.ErrorContext(ctx, what, "err", err)
 	return merrors.InternalServerError(serviceName, "internal error; try again later")
+}
+
+// callerOf names the request's caller for the login throttle: the IP
+// address go-micro's server saw the request come from. The server writes
+// the metadata "Remote" itself, over anything a client sent under that key.
+// IPv6 addresses count by their /64, which one host can rotate through.
+// Anything else (the NATS transport's reply subject, new with each
+// connection) is one caller, "unknown": callers the service cannot tell
+// apart share their limits rather than each connection getting fresh ones.
+func callerOf(ctx context.Context) string {
+	md, _ := metadata.FromContext(ctx)
+	host, _, err := net.SplitHostPort(md["Remote"])
+	if err != nil {
+		return "unknown"
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return "unknown"
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().String()
+	}
+	return ip.String()
 }
 
 func toProto(u *User) *pb.User {

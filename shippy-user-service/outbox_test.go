@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/registry"
 	"google.golang.org/protobuf/proto"
@@ -47,8 +46,7 @@ func startJetStreamService(t *testing.T, store *Store, natsURL string, log *slog
 	t.Helper()
 	reg := registry.NewMemoryRegistry()
 	b := jsbroker.New(broker.Addrs(natsURL), jsbroker.ReconnectWait(50*time.Millisecond), jsbroker.Logger(discardLog))
-	svc, err := newService(testCfg(codecProto), store, log,
-		micro.Registry(reg), micro.Broker(b), micro.Address("127.0.0.1:0"))
+	svc, err := newService(testCfg(codecProto), store, log, testPlugins(reg, b))
 	if err != nil {
 		t.Fatalf("newService = %v", err)
 	}
@@ -127,8 +125,8 @@ func readStream(t *testing.T, natsURL string) streamed {
 		if h := m.Header.Get(jsbroker.HeaderEventID); h == "" || h != ev.EventId {
 			t.Errorf("message %d: header %s = %q; want the event id %q", seq, jsbroker.HeaderEventID, h, ev.EventId)
 		}
-		got.count[ev.UserId]++
-		got.events[ev.UserId] = ev
+		got.count[ev.Id]++
+		got.events[ev.Id] = ev
 	}
 	return got
 }

@@ -7,10 +7,12 @@ import (
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/client"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/outbox"
+	"github.com/shippy/shippy/internal/requestid"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -28,6 +30,9 @@ const (
 	// broker stores a re-published event once by it, and a subscriber can
 	// drop redeliveries without decoding.
 	headerEventID = jsbroker.HeaderEventID
+	// headerRequestID carries the id of the request that created the user,
+	// in both codecs, when it had one (internal/requestid).
+	headerRequestID = requestid.Header
 )
 
 // eventPublisher publishes one user.created event to the broker.
@@ -47,25 +52,87 @@ func (p outboxPublisher) Publish(ctx context.Context, m outbox.Message) error {
 	if m.Topic != pb.TopicUserCreated {
 		return fmt.Errorf("outbox event %s: unknown topic %q", m.EventID, m.Topic)
 	}
-	ev := &pb.UserCreated{}
-	if err := proto.Unmarshal(m.Payload, ev); err != nil {
+	ev, err := decodeOutboxEvent(m)
+	if err != nil {
 		return fmt.Errorf("outbox event %s: decode %s: %w", m.EventID, m.Topic, err)
 	}
 	// The outbox's id is the one consumers deduplicate by; the store wrote
 	// the same into the payload.
 	ev.EventId = m.EventID
+	if m.RequestID != "" {
+		// The id of the Create that made the event: sent as a header.
+		ctx = requestid.NewContext(ctx, m.RequestID)
+	}
 	return p.events.Publish(ctx, ev)
+}
+
+// decodeOutboxEvent reads a row's payload in the current layout or the one
+// before (event_id=1, user_id=2, name=3, company=4, email=5,
+// created_at_unix_ms=6): rows an old service left pending would otherwise
+// mail the company as the address. The store always writes event_id, so a
+// payload without it is old, and then its field 1 must be the row's id.
+func decodeOutboxEvent(m outbox.Message) (*pb.UserCreated, error) {
+	ev := &pb.UserCreated{}
+	if err := proto.Unmarshal(m.Payload, ev); err != nil {
+		return nil, err
+	}
+	if ev.GetEventId() != "" {
+		return ev, nil
+	}
+	old, err := decodeOldUserCreated(m.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("old layout: %w", err)
+	}
+	if old.GetEventId() != m.EventID {
+		return nil, fmt.Errorf("no event_id, and field 1 is %q, not the row's event id", old.GetEventId())
+	}
+	return old, nil
+}
+
+// decodeOldUserCreated decodes the layout UserCreated had before fields 1 to
+// 4 were aligned with the tutorial's User.
+func decodeOldUserCreated(b []byte) (*pb.UserCreated, error) {
+	ev := &pb.UserCreated{}
+	strs := []*string{1: &ev.EventId, 2: &ev.Id, 3: &ev.Name, 4: &ev.Company, 5: &ev.Email}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case num >= 1 && num <= 5 && typ == protowire.BytesType:
+			var v string
+			v, n = protowire.ConsumeString(b)
+			*strs[num] = v
+		case num == 6 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(b)
+			ev.CreatedAtUnixMs = int64(v)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return ev, nil
 }
 
 // protoPublisher publishes through go-micro's client, as micro.NewEvent does,
 // with the protobuf codec. The content type is set on the message because
-// go-micro v6's client defaults to application/json. The event id goes into
-// go-micro metadata, which the client sends as the headerEventID header.
+// go-micro v6's client defaults to application/json. The event id and the
+// request id (ctx's, if any) go into go-micro metadata, which the client
+// sends as the headerEventID and headerRequestID headers.
 type protoPublisher struct {
 	client client.Client
 }
 
 func (p protoPublisher) Publish(ctx context.Context, ev *pb.UserCreated) error {
+	if id := requestid.FromContext(ctx); id != "" {
+		ctx = requestid.Outgoing(ctx, id)
+	}
 	ctx = jsbroker.WithEventID(ctx, ev.EventId)
 	msg := p.client.NewMessage(pb.TopicUserCreated, ev, client.WithMessageContentType("application/protobuf"))
 	// go-micro's client hands the broker PublishContext's context, not ctx:
@@ -94,10 +161,13 @@ func (p jsonPublisher) Publish(ctx context.Context, ev *pb.UserCreated) error {
 		Header: map[string]string{
 			headerContentType: "application/json",
 			headerTopic:       pb.TopicUserCreated,
-			headerUserID:      ev.UserId,
+			headerUserID:      ev.Id,
 			headerEventID:     ev.EventId,
 		},
 		Body: body,
+	}
+	if id := requestid.FromContext(ctx); id != "" {
+		msg.Header[headerRequestID] = id
 	}
 	if err := p.broker.Publish(pb.TopicUserCreated, msg, broker.PublishContext(ctx)); err != nil {
 		return fmt.Errorf("publish %s: %w", pb.TopicUserCreated, err)

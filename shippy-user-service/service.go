@@ -2,24 +2,26 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
-	"go-micro.dev/v6"
 	"go-micro.dev/v6/server"
 
 	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/outbox"
+	"github.com/shippy/shippy/internal/requestid"
+	"github.com/shippy/shippy/internal/servicelog"
+	"github.com/shippy/shippy/internal/tokenauth"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
-// userService is the go-micro service with the outbox relay that publishes
+// userService is the go-micro server with the outbox relay that publishes
 // what its handler commits.
 type userService struct {
-	srv     micro.Service
+	server  server.Server
 	handler *handler
 	// publisher sends one event to the broker; the relay uses it.
 	publisher eventPublisher
@@ -30,48 +32,39 @@ type userService struct {
 	broker *heldBroker
 }
 
-// newService builds the go-micro service with the user handler registered
-// and the outbox relay for store's database. opts come before the MICRO_*
-// environment, which wins (tests pass explicit registry, broker and address
-// here).
-func newService(cfg Config, store *Store, log *slog.Logger, opts ...micro.Option) (*userService, error) {
-	srv, err := microenv.NewService(serviceName, append([]micro.Option{
-		// Stop waits for the requests in flight only with server.Wait, and
-		// the rpc server reads it once, when built: Init cannot add it. The
-		// server micro.NewService named is replaced, so this one is named.
-		// cmd.Init keeps it (it only swaps servers for MICRO_SERVER names it
-		// has a constructor for, and it has none).
-		micro.Server(server.NewRPCServer(server.Name(serviceName), server.Wait(nil))),
-		micro.Version("latest"),
-	}, opts...)...)
-	if err != nil {
-		return nil, err
-	}
-	// Wrapped after NewService, so that the transport and broker the
-	// environment (or opts) chose are the ones wrapped.
-	door := &doorTransport{Transport: srv.Options().Transport}
-	held := newHeldBroker(srv.Options().Broker)
-	srv.Init(micro.Transport(door), micro.Broker(held))
-	var pub eventPublisher = protoPublisher{client: srv.Client()}
+// newService builds the go-micro server on p (from MICRO_*, or a test's)
+// with the user handler registered, and the outbox relay for store's
+// database. opts are added to the server's (tests wrap handlers).
+func newService(cfg Config, store *Store, log *slog.Logger, p microenv.Plugins, opts ...server.Option) (*userService, error) {
+	door := &doorTransport{Transport: p.Transport}
+	held := newHeldBroker(p.Broker)
+	p.Transport, p.Broker = door, held
+	tokens := newTokenService(cfg.JWTSecret, cfg.JWTTTL, cfg.AdminEmails...)
+	// go-micro runs the first wrapper outermost. The request id comes first,
+	// so every line about a request carries it, refusals included; tokens are
+	// checked right before the handler runs (accessPolicy); the wrappers in
+	// opts come between, so metrics count refusals too.
+	reqID := server.WrapHandler(requestid.NewHandlerWrapper())
+	authz := server.WrapHandler(tokenauth.NewHandlerWrapper(tokens, accessPolicy, tokenauth.WithLogger(log)))
+	srv := cfg.Micro.NewServer(serviceName, p, append(append([]server.Option{reqID}, opts...), authz)...)
+	var pub eventPublisher = protoPublisher{client: cfg.Micro.NewClient(p)}
 	if cfg.EventsCodec == codecJSON {
-		pub = jsonPublisher{broker: srv.Server().Options().Broker}
+		pub = jsonPublisher{broker: held}
 	}
 	relay := outbox.New(store.db, outboxPublisher{events: pub}, outbox.WithLogger(log.With("component", "outbox")))
-	h, err := newHandler(store, bcryptHasher{cost: cfg.BcryptCost},
-		newTokenService(cfg.JWTSecret, cfg.JWTTTL),
-		relay, newAuthLimiter(cfg.AuthMaxFailures, cfg.AuthFailureWindow, time.Now), log)
+	h, err := newHandler(store, bcryptHasher{cost: cfg.BcryptCost}, tokens,
+		relay, newAuthLimiter(store.db, throttleFromConfig(cfg), time.Now), log)
 	if err != nil {
 		return nil, err
 	}
-	if err := pb.RegisterUserServiceHandler(srv.Server(), h); err != nil {
+	if err := pb.RegisterUserServiceHandler(srv, h); err != nil {
 		return nil, fmt.Errorf("register handler: %w", err)
 	}
-	o := srv.Options()
 	log.Info("go-micro configured",
-		"broker", o.Broker.String(), "broker_address", o.Broker.Address(),
-		"registry", o.Registry.String(), "registry_address", strings.Join(o.Registry.Options().Addrs, ","),
-		"transport", o.Transport.String(), "events_codec", cfg.EventsCodec)
-	return &userService{srv: srv, handler: h, publisher: pub, relay: relay, log: log, door: door, broker: held}, nil
+		"broker", p.Broker.String(), "broker_address", microenv.Redacted(p.Broker.Address()),
+		"registry", p.Registry.String(), "registry_address", microenv.Redacted(p.Registry.Options().Addrs...),
+		"transport", p.Transport.String(), "events_codec", cfg.EventsCodec)
+	return &userService{server: srv, handler: h, publisher: pub, relay: relay, log: log, door: door, broker: held}, nil
 }
 
 // serve starts the RPC server and the relay and runs until ctx is done.
@@ -84,11 +77,13 @@ func newService(cfg Config, store *Store, log *slog.Logger, opts ...micro.Option
 func (s *userService) serve(ctx context.Context) error {
 	// Start connects the broker: with NATS unreachable it fails, and the
 	// process exits for its supervisor to restart it.
-	if err := s.srv.Start(); err != nil {
+	if err := s.server.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", serviceName, err)
 	}
 	// However serve returns, go-micro's disconnect must not wait forever.
 	defer s.broker.release()
+	// make up waits for this line before it returns.
+	s.log.Info("serving", "address", s.server.Options().Address)
 	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRelay()
 	relayDone := make(chan struct{})
@@ -100,7 +95,7 @@ func (s *userService) serve(ctx context.Context) error {
 	<-ctx.Done()
 	s.log.Info("stopping: no new request, then the requests in flight, the outbox relay and the broker")
 	s.door.closeDoor()
-	err := s.srv.Stop()
+	err := s.server.Stop()
 	if err != nil {
 		err = fmt.Errorf("stop %s: %w", serviceName, err)
 	}
@@ -185,8 +180,23 @@ func (s *userService) logBacklog(ctx context.Context) {
 	s.log.InfoContext(ctx, "outbox events pending", "pending", n, "published", st.Published, "failed", st.Failed)
 }
 
-func newLogger(level slog.Level) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", serviceName)
+func newLogger(cfg Config) *slog.Logger {
+	return servicelog.New(os.Stderr, cfg.LogFormat, cfg.LogLevel, serviceName)
+}
+
+// warnAdminsWithoutAccount logs each ADMIN_EMAILS address that has no
+// account yet: Create is open, so whoever signs up with it first becomes an
+// admin.
+func warnAdminsWithoutAccount(ctx context.Context, store userStore, admins []string, log *slog.Logger) {
+	for _, email := range admins {
+		_, err := store.GetByEmail(ctx, email)
+		switch {
+		case errors.Is(err, errUserNotFound):
+			log.WarnContext(ctx, "ADMIN_EMAILS names an email without an account: whoever creates it becomes an admin; create it now", "email", email)
+		case err != nil:
+			log.WarnContext(ctx, "ADMIN_EMAILS: look up account", "email", email, "err", err)
+		}
+	}
 }
 
 // logStart writes the first log lines: where users are stored and how tokens

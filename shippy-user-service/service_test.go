@@ -19,10 +19,13 @@ import (
 	"go-micro.dev/v6/registry"
 	natsregistry "go-micro.dev/v6/registry/nats"
 	"go-micro.dev/v6/selector"
+	"go-micro.dev/v6/transport"
 
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/requestid"
+	"github.com/shippy/shippy/internal/tokenauth"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -30,9 +33,18 @@ import (
 // secret.
 func testCfg(codec string) Config {
 	return Config{
+		Micro:     microenv.Env{ServerAddress: "127.0.0.1:0", ClientRetries: -1},
 		JWTSecret: []byte(testSecret), JWTTTL: time.Hour, BcryptCost: 4, EventsCodec: codec,
-		AuthMaxFailures: 5, AuthFailureWindow: time.Minute, LogLevel: slog.LevelDebug,
+		AdminEmails:     []string{testAdmin},
+		AuthMaxFailures: 5, AuthCallerMaxFailures: 50, AuthBackoffBase: time.Second,
+		AuthBackoffMax: 15 * time.Minute, AuthFailureWindow: time.Hour, LogLevel: slog.LevelDebug,
 	}
+}
+
+// testPlugins are a service's go-micro parts in a test: reg and b, and
+// go-micro's http transport.
+func testPlugins(reg registry.Registry, b broker.Broker) microenv.Plugins {
+	return microenv.Plugins{Broker: b, Registry: reg, Transport: transport.NewHTTPTransport()}
 }
 
 // startUserService runs the user-service in-process on a random port,
@@ -40,11 +52,9 @@ func testCfg(codec string) Config {
 // broker there, and waits until it is registered.
 func startUserService(t testing.TB, cfg Config, store *Store, natsURL string, log *slog.Logger) *userService {
 	t.Helper()
-	svc, err := newService(cfg, store, log,
-		micro.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))),
-		micro.Broker(natsbroker.NewNatsBroker(broker.Addrs(natsURL))),
-		micro.Address("127.0.0.1:0"),
-	)
+	svc, err := newService(cfg, store, log, testPlugins(
+		natsregistry.NewNatsRegistry(registry.Addrs(natsURL)),
+		natsbroker.NewNatsBroker(broker.Addrs(natsURL))))
 	if err != nil {
 		t.Fatalf("newService = %v", err)
 	}
@@ -147,6 +157,16 @@ func TestServiceThroughGeneratedClient(t *testing.T) {
 				t.Fatalf("Create = %v; want a user with id, lower-cased email, no password, and a token", created)
 			}
 			id := created.User.Id
+			// Reads need a token: Ada's own (from Create) and an admin's.
+			asAda := tokenauth.BearerContext(ctx, created.Token.GetToken())
+			if _, err := users.Create(ctx, &pb.User{Name: "Root", Email: testAdmin, Password: password}); err != nil {
+				t.Fatalf("Create(admin) = %v", err)
+			}
+			adminTok, err := users.Auth(ctx, &pb.User{Email: testAdmin, Password: password})
+			if err != nil {
+				t.Fatalf("Auth(admin) = %v", err)
+			}
+			asAdmin := tokenauth.BearerContext(ctx, adminTok.GetToken())
 
 			tests := []struct {
 				name     string
@@ -162,9 +182,11 @@ func TestServiceThroughGeneratedClient(t *testing.T) {
 				{"Create duplicate in other case", func() (any, error) {
 					return users.Create(ctx, &pb.User{Name: "X", Email: "ADA@example.COM", Password: password})
 				}, 409},
-				{"Get", func() (any, error) { return users.Get(ctx, &pb.User{Id: id}) }, 0},
-				{"Get unknown", func() (any, error) { return users.Get(ctx, &pb.User{Id: "00000000-0000-4000-8000-000000000000"}) }, 404},
-				{"GetAll", func() (any, error) { return users.GetAll(ctx, &pb.Request{}) }, 0},
+				{"Get", func() (any, error) { return users.Get(asAda, &pb.User{Id: id}) }, 0},
+				{"Get without token", func() (any, error) { return users.Get(ctx, &pb.User{Id: id}) }, 401},
+				{"Get unknown", func() (any, error) { return users.Get(asAdmin, &pb.User{Id: "00000000-0000-4000-8000-000000000000"}) }, 404},
+				{"GetAll", func() (any, error) { return users.GetAll(asAdmin, &pb.Request{}) }, 0},
+				{"GetAll not admin", func() (any, error) { return users.GetAll(asAda, &pb.Request{}) }, 403},
 				{"Auth", func() (any, error) { return users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password}) }, 0},
 				{"Auth wrong password", func() (any, error) {
 					return users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: "wrong password"})
@@ -190,13 +212,13 @@ func TestServiceThroughGeneratedClient(t *testing.T) {
 				bodies = append(bodies, string(b), errString(err))
 			}
 
-			got, _ := users.Get(ctx, &pb.User{Id: id})
+			got, _ := users.Get(asAda, &pb.User{Id: id})
 			if got.GetUser().GetName() != "Ada Lovelace" {
 				t.Errorf("Get(%s) = %v; want Ada Lovelace", id, got)
 			}
-			all, _ := users.GetAll(ctx, &pb.Request{})
-			if len(all.GetUsers()) != 1 {
-				t.Errorf("GetAll = %v; want one user", all)
+			all, _ := users.GetAll(asAdmin, &pb.Request{})
+			if len(all.GetUsers()) != 2 {
+				t.Errorf("GetAll = %v; want Ada and the admin", all)
 			}
 			tok, _ := users.Auth(ctx, &pb.User{Email: "ADA@example.com", Password: password})
 			valid, err := users.ValidateToken(ctx, &pb.Token{Token: tok.GetToken()})
@@ -204,14 +226,14 @@ func TestServiceThroughGeneratedClient(t *testing.T) {
 				t.Errorf("ValidateToken(Auth's token) = %v, %v; want valid", valid, err)
 			}
 
-			// The limiter is visible to callers as 429. The successful Auth
+			// The throttle is visible to callers as 429. The successful Auth
 			// above cleared the earlier failure.
 			for range 5 {
 				_, _ = users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: "wrong password"})
 			}
 			_, err = users.Auth(ctx, &pb.User{Email: "ada@example.com", Password: password})
-			if microCode(err) != 429 || !strings.Contains(err.Error(), "too many attempts") {
-				t.Errorf("Auth after 5 failures = %v; want 429 too many attempts", err)
+			if microCode(err) != 429 || !strings.Contains(err.Error(), "too many failed attempts") {
+				t.Errorf("Auth after 5 failures = %v; want 429 too many failed attempts", err)
 			}
 
 			bodies = append(bodies, logs.String())
@@ -244,7 +266,7 @@ func (r *received) find(userID string) (*pb.UserCreated, *broker.Message) {
 	var ev *pb.UserCreated
 	var raw *broker.Message
 	for _, e := range r.events {
-		if e.UserId == userID {
+		if e.Id == userID {
 			ev = e
 		}
 	}
@@ -265,14 +287,11 @@ func TestEventsReachSubscriber(t *testing.T) {
 			natsURL := natstest.Start(t).URL()
 			got := &received{}
 
-			sub, err := microenv.NewService("shippy.test.subscriber",
+			sub := micro.NewService("shippy.test.subscriber",
 				micro.Registry(natsregistry.NewNatsRegistry(registry.Addrs(natsURL))),
 				micro.Broker(natsbroker.NewNatsBroker(broker.Addrs(natsURL))),
 				micro.Address("127.0.0.1:0"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = micro.RegisterSubscriber(pb.TopicUserCreated, sub.Server(), func(_ context.Context, ev *pb.UserCreated) error {
+			err := micro.RegisterSubscriber(pb.TopicUserCreated, sub.Server(), func(_ context.Context, ev *pb.UserCreated) error {
 				got.mu.Lock()
 				defer got.mu.Unlock()
 				got.events = append(got.events, ev)
@@ -308,7 +327,7 @@ func TestEventsReachSubscriber(t *testing.T) {
 			// through the service's publisher until both receivers see one.
 			deadline := time.Now().Add(15 * time.Second)
 			for {
-				if err := svc.publisher.Publish(context.Background(), &pb.UserCreated{EventId: "probe", UserId: "probe"}); err != nil {
+				if err := svc.publisher.Publish(context.Background(), &pb.UserCreated{EventId: "probe", Id: "probe"}); err != nil {
 					t.Fatalf("publish probe: %v", err)
 				}
 				if ev, raw := got.find("probe"); ev != nil && raw != nil {
@@ -321,7 +340,8 @@ func TestEventsReachSubscriber(t *testing.T) {
 			}
 
 			const password = "correct horse battery"
-			res, err := newUserClient(natsURL).Create(context.Background(),
+			const reqID = "cli-0af7651916cd43dd"
+			res, err := newUserClient(natsURL).Create(requestid.Outgoing(context.Background(), reqID),
 				&pb.User{Name: "Ada", Company: "Acme", Email: "ada@example.com", Password: password})
 			if err != nil {
 				t.Fatalf("Create = %v", err)
@@ -357,13 +377,22 @@ func TestEventsReachSubscriber(t *testing.T) {
 			if raw.Header[jsbroker.HeaderEventID] != ev.EventId {
 				t.Errorf("headers = %v; want %s=%s", raw.Header, jsbroker.HeaderEventID, ev.EventId)
 			}
+			// And the id of the Create that made the event.
+			if raw.Header[requestid.Header] != reqID {
+				t.Errorf("headers = %v; want %s=%s", raw.Header, requestid.Header, reqID)
+			}
 			if codec == codecJSON {
 				if raw.Header[headerUserID] != id {
 					t.Errorf("headers = %v; want %s=%s", raw.Header, headerUserID, id)
 				}
 				var m map[string]any
-				if err := json.Unmarshal(raw.Body, &m); err != nil || m["user_id"] != id || m["event_id"] != ev.EventId {
-					t.Errorf("JSON body = %s (%v); want proto field names user_id, event_id", body, err)
+				// The keys encoding/json reads into the tutorial's User, and ours.
+				if err := json.Unmarshal(raw.Body, &m); err != nil || m["id"] != id || m["name"] != "Ada" ||
+					m["company"] != "Acme" || m["email"] != "ada@example.com" || m["event_id"] != ev.EventId {
+					t.Errorf("JSON body = %s (%v); want proto field names id, name, company, email, event_id", body, err)
+				}
+				if _, ok := m["password"]; ok {
+					t.Errorf("JSON body = %s; want no password key", body)
 				}
 			}
 		})

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/registry"
@@ -42,8 +41,7 @@ func TestStopWaitsForCreateInFlight(t *testing.T) {
 					return next(ctx, req, rsp)
 				}
 			}
-			svc, err := newService(testCfg(codecProto), store, discardLog,
-				micro.Registry(reg), micro.Broker(jsb), micro.Address("127.0.0.1:0"), micro.WrapHandler(hold))
+			svc, err := newService(testCfg(codecProto), store, discardLog, testPlugins(reg, jsb), server.WrapHandler(hold))
 			if err != nil {
 				t.Fatalf("newService = %v", err)
 			}
@@ -131,8 +129,7 @@ func TestStopRightAfterBrokerRecoveredLeavesNothingPending(t *testing.T) {
 			store := b.open(t)
 			reg := registry.NewMemoryRegistry()
 			sb := &switchBroker{Broker: broker.NewMemoryBroker()}
-			svc, err := newService(testCfg(codecProto), store, discardLog,
-				micro.Registry(reg), micro.Broker(sb), micro.Address("127.0.0.1:0"))
+			svc, err := newService(testCfg(codecProto), store, discardLog, testPlugins(reg, sb))
 			if err != nil {
 				t.Fatalf("newService = %v", err)
 			}

@@ -16,6 +16,7 @@ import (
 	gormlogger "gorm.io/gorm/logger"
 
 	"github.com/shippy/shippy/internal/outbox"
+	"github.com/shippy/shippy/internal/requestid"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -45,7 +46,7 @@ type Store struct {
 }
 
 // openStore connects to the configured database and migrates the schema:
-// the users table and the outbox's table.
+// the users table, the login throttle's and the outbox's.
 func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	gcfg := &gorm.Config{Logger: newGormLogger(log), NowFunc: func() time.Time { return time.Now().UTC() }}
 	var (
@@ -95,6 +96,9 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := s.db.WithContext(ctx).AutoMigrate(&User{}); err != nil {
 		return fmt.Errorf("migrate users table: %w", err)
 	}
+	if err := migrateAuthAttempts(ctx, s.db); err != nil {
+		return err
+	}
 	return outbox.Migrate(ctx, s.db)
 }
 
@@ -110,13 +114,15 @@ func (s *Store) Close() error {
 // Create inserts u and enqueues ev, its user.created event, in one
 // transaction: the user exists only if its event will be published, and an
 // event is never published for a user that was rolled back. A user with the
-// same email gives errEmailTaken.
+// same email gives errEmailTaken. The request's id (ctx) goes with the
+// event, so the email-service's lines about it carry it too.
 func (s *Store) Create(ctx context.Context, u *User, ev *pb.UserCreated) error {
 	payload, err := proto.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("create user: encode event %s: %w", ev.GetEventId(), err)
 	}
-	msg := outbox.Message{EventID: ev.GetEventId(), Topic: pb.TopicUserCreated, Payload: payload}
+	msg := outbox.Message{EventID: ev.GetEventId(), Topic: pb.TopicUserCreated, Payload: payload,
+		RequestID: requestid.FromContext(ctx)}
 	err = s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if err := insertUser(tx, u); err != nil {
 			return err

@@ -64,7 +64,7 @@ func newTestUser(email string) *User {
 // newTestEvent is u's user.created event, as the handler builds it.
 func newTestEvent(u *User) *pb.UserCreated {
 	return &pb.UserCreated{
-		EventId: uuid.NewString(), UserId: u.ID, Name: u.Name, Company: u.Company, Email: u.Email,
+		EventId: uuid.NewString(), Id: u.ID, Name: u.Name, Company: u.Company, Email: u.Email,
 		CreatedAtUnixMs: u.CreatedAt.UnixMilli(),
 	}
 }

@@ -14,8 +14,17 @@ func TestLocalizeKeepsEveryVariable(t *testing.T) {
 				t.Fatalf("Service(%q)[MICRO_REGISTRY] = %q; want the x-micro-env anchor merged in (nats)", svc, env["MICRO_REGISTRY"])
 			}
 			got := Localize(t, env, "nats://127.0.0.1:1234", "postgres://u:p@127.0.0.1:5433/db1?sslmode=disable")
-			if len(got) != len(env) {
-				t.Errorf("Localize kept %d of %d variables", len(got), len(env))
+			want := len(env)
+			for k := range MailSink {
+				if _, ok := env[k]; ok {
+					want--
+					if _, kept := got[k]; kept {
+						t.Errorf("Localize kept %s; want compose's mail sink left out", k)
+					}
+				}
+			}
+			if len(got) != want {
+				t.Errorf("Localize kept %d of %d variables; want %d (all but the mail sink's)", len(got), len(env), want)
 			}
 			if got["MICRO_REGISTRY_ADDRESS"] != "nats://127.0.0.1:1234" {
 				t.Errorf("MICRO_REGISTRY_ADDRESS = %q; want the local NATS URL", got["MICRO_REGISTRY_ADDRESS"])
@@ -46,5 +55,15 @@ func TestEnvironDropsShippySettings(t *testing.T) {
 		if strings.Contains(env, unwanted) {
 			t.Errorf("Environ kept the shell's %s", unwanted)
 		}
+	}
+}
+
+func TestEnvironGivesOpsServersAFreePort(t *testing.T) {
+	t.Setenv("METRICS_ADDRESS", ":9091")
+	if env := strings.Join(Environ(nil), "\n"); !strings.Contains(env, "METRICS_ADDRESS=127.0.0.1:0") || strings.Contains(env, ":9091") {
+		t.Errorf("Environ(nil) = %s; want METRICS_ADDRESS=127.0.0.1:0 and not the shell's :9091", env)
+	}
+	if env := strings.Join(Environ(map[string]string{"METRICS_ADDRESS": "off"}), "\n"); !strings.Contains(env, "METRICS_ADDRESS=off") {
+		t.Errorf("Environ with METRICS_ADDRESS=off = %s; want it kept", env)
 	}
 }

@@ -3,9 +3,15 @@
 // message is acked only after the subscriber's handler returned nil, failed
 // messages are redelivered with a growing delay, and a message that keeps
 // failing is moved to a dead-letter subject instead of being retried forever.
+// A handler whose failure no retry can fix returns Permanent(err): its
+// message is dead-lettered at once, with err's text as the reason.
 //
-// Select it with MICRO_BROKER=jetstream (and MICRO_BROKER_ADDRESS) after a
-// blank import, or pass NewBroker(...) to micro.Broker.
+// shippy's programs select it with MICRO_BROKER=jetstream (and
+// MICRO_BROKER_ADDRESS) through internal/microenv. A go-micro service built
+// with micro.NewService can pass NewBroker(...) to micro.Broker, or make
+// MICRO_BROKER=jetstream select it with cmd.DefaultBrokers["jetstream"] =
+// NewBroker (this package does not import go-micro's cmd, which links every
+// plugin go-micro ships).
 //
 // Subjects: topic T is stored under "<SubjectPrefix>.T" (default
 // shippy.events.T) in stream SHIPPY_EVENTS; its dead letters under
@@ -17,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,9 +31,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go-micro.dev/v6/broker"
-	"go-micro.dev/v6/cmd"
 	"go-micro.dev/v6/codec/json"
 	"go-micro.dev/v6/metadata"
+
+	"github.com/shippy/shippy/internal/natslog"
 )
 
 // Headers the broker reads or writes.
@@ -50,10 +58,6 @@ const (
 // ErrNotConnected is returned by Publish and Subscribe while the broker has
 // no connection to the server (before Connect, or while reconnecting).
 var ErrNotConnected = errors.New("jetstream broker not connected")
-
-func init() {
-	cmd.DefaultBrokers["jetstream"] = NewBroker
-}
 
 // WithEventID returns ctx with the event id in go-micro metadata, so that
 // micro.Event.Publish(ctx, msg) sends it as the HeaderEventID header.
@@ -138,10 +142,15 @@ func (b *Broker) String() string { return "jetstream" }
 func (b *Broker) Address() string {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
+	// go-micro logs the address: never with a password in it.
 	if b.nc != nil && b.nc.IsConnected() {
-		return b.nc.ConnectedUrl()
+		return b.nc.ConnectedUrlRedacted()
 	}
-	return b.addrs()[0]
+	a := b.addrs()[0]
+	if u, err := url.Parse(a); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return a
 }
 
 func (b *Broker) addrs() []string {
@@ -202,19 +211,11 @@ func (b *Broker) Connect() error {
 		return nil
 	}
 	log := b.cfg.log.With("broker", "jetstream")
-	nopts := []nats.Option{
+	nopts := append([]nats.Option{
 		nats.Name("shippy-jsbroker"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(b.cfg.reconnectWait),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil { // nil on our own Close
-				log.Warn("nats disconnected; reconnecting", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("nats reconnected", "url", nc.ConnectedUrl())
-		}),
-	}
+	}, natslog.Options(log)...)
 	if b.opts.TLSConfig != nil {
 		nopts = append(nopts, nats.Secure(b.opts.TLSConfig))
 	} else if b.opts.Secure {
@@ -248,11 +249,11 @@ func (b *Broker) ensureStreams(ctx context.Context, js jetstream.JetStream) erro
 		Subjects:    []string{b.cfg.subjectPrefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
 		MaxAge:      b.cfg.maxAge,
+		MaxBytes:    maxBytes(b.cfg.maxBytes),
+		Replicas:    b.cfg.replicas,
 		Duplicates:  b.cfg.duplicateWindow,
-	}
-	if _, err := js.CreateOrUpdateStream(ctx, events); err != nil {
-		return fmt.Errorf("create or update stream %s: %w", events.Name, err)
 	}
 	dlq := jetstream.StreamConfig{
 		Name:        b.cfg.stream + "_DLQ",
@@ -260,10 +261,78 @@ func (b *Broker) ensureStreams(ctx context.Context, js jetstream.JetStream) erro
 		Subjects:    []string{b.cfg.deadLetterPrefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      b.cfg.deadLetterLimits.MaxAge,
+		MaxBytes:    maxBytes(b.cfg.deadLetterLimits.MaxBytes),
+		Replicas:    b.cfg.replicas,
 		Duplicates:  b.cfg.duplicateWindow,
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, dlq); err != nil {
-		return fmt.Errorf("create or update stream %s: %w", dlq.Name, err)
+	for _, sc := range []jetstream.StreamConfig{events, dlq} {
+		if err := b.ensureStream(ctx, js, sc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxBytes is JetStream's form of a byte limit: -1 for none.
+func maxBytes(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
+// ensureStream creates the stream, or updates it to want if the broker
+// updates streams; otherwise it leaves an existing stream as it is and
+// says so when its limits differ from want.
+func (b *Broker) ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+	log := b.cfg.log.With("broker", "jetstream", "stream", want.Name)
+	if b.cfg.updateStreams {
+		if _, err := js.CreateOrUpdateStream(ctx, want); err != nil {
+			return fmt.Errorf("create or update stream %s (replicas %d): %w", want.Name, want.Replicas, err)
+		}
+		log.Info("stream created or updated", "max_age", want.MaxAge.String(), "max_bytes", want.MaxBytes, "replicas", want.Replicas)
+		return nil
+	}
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, want)
+		if err == nil {
+			log.Info("stream created", "max_age", want.MaxAge.String(), "max_bytes", want.MaxBytes, "replicas", want.Replicas)
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("create stream %s (replicas %d): %w", want.Name, want.Replicas, err)
+		}
+		// Another program created it meanwhile.
+		s, err = js.Stream(ctx, want.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	if have.MaxAge != want.MaxAge || have.MaxBytes != want.MaxBytes || have.Replicas != want.Replicas || have.Discard != want.Discard {
+		log.Warn("stream exists with other limits than this program's; left as they are (another program owns them)",
+			"max_age", have.MaxAge.String(), "want_max_age", want.MaxAge.String(),
+			"max_bytes", have.MaxBytes, "want_max_bytes", want.MaxBytes,
+			"replicas", have.Replicas, "want_replicas", want.Replicas)
+	}
+	return nil
+}
+
+// Ready reports whether the broker can publish and consume now: connected,
+// and JetStream answering (a cluster that lost its quorum does not).
+func (b *Broker) Ready(ctx context.Context) error {
+	nc, js, _ := b.conn()
+	if nc == nil || js == nil {
+		return ErrNotConnected
+	}
+	if !nc.IsConnected() {
+		return fmt.Errorf("%w (%s)", ErrNotConnected, nc.Status())
+	}
+	if _, err := js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("jetstream account info: %w", err)
 	}
 	return nil
 }

@@ -79,7 +79,7 @@ func TestThroughGoMicro(t *testing.T) {
 
 	for _, id := range []string{"ev-ok", "ev-flaky"} {
 		ctx := jsbroker.WithEventID(context.Background(), id)
-		ev := &pb.UserCreated{EventId: id, UserId: "u-" + id, Name: "Ewan", Email: "ewan@example.com"}
+		ev := &pb.UserCreated{EventId: id, Id: "u-" + id, Name: "Ewan", Email: "ewan@example.com"}
 		if err := pub.Publish(ctx, ev); err != nil {
 			t.Fatalf("Publish(%s) = %v; want nil", id, err)
 		}
@@ -111,7 +111,7 @@ func TestThroughGoMicro(t *testing.T) {
 			t.Errorf("event %s not handled; got %v", id, got)
 			continue
 		}
-		if s.Event.UserId != "u-"+id || s.Event.Email != "ewan@example.com" {
+		if s.Event.Id != "u-"+id || s.Event.Email != "ewan@example.com" {
 			t.Errorf("event %s decoded as %v; want user_id %q, email %q", id, s.Event, "u-"+id, "ewan@example.com")
 		}
 		if s.Header != id {
@@ -128,13 +128,16 @@ func TestThroughGoMicro(t *testing.T) {
 
 func TestSelectedByMicroBrokerVariable(t *testing.T) {
 	nats := natstest.Start(t)
-	t.Setenv("MICRO_BROKER", "jetstream")
-	t.Setenv("MICRO_BROKER_ADDRESS", nats.URL())
-	srv, err := microenv.NewService("go.micro.srv.probe")
+	vars := map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": nats.URL()}
+	env, err := microenv.LoadEnv(func(k string) string { return vars[k] })
 	if err != nil {
-		t.Fatalf("microenv.NewService = %v; want nil", err)
+		t.Fatalf("microenv.LoadEnv = %v; want nil", err)
 	}
-	b := srv.Options().Broker
+	p, err := env.Plugins()
+	if err != nil {
+		t.Fatalf("Plugins() = %v; want nil", err)
+	}
+	b := p.Broker
 	if b.String() != "jetstream" {
 		t.Fatalf("MICRO_BROKER=jetstream gave broker %q; want jetstream", b.String())
 	}
@@ -172,7 +175,7 @@ func TestDeadLetterReasonThroughGoMicro(t *testing.T) {
 	start(t, emailSrv)
 	userSrv := newService(t, "go.micro.srv.user", ns.URL())
 	start(t, userSrv)
-	ev := &pb.UserCreated{EventId: "ev-poison", UserId: "u-1", Name: "Ewan", Email: "ewan@example.com"}
+	ev := &pb.UserCreated{EventId: "ev-poison", Id: "u-1", Name: "Ewan", Email: "ewan@example.com"}
 	if err := micro.NewEvent(pb.TopicUserCreated, userSrv.Client()).Publish(jsbroker.WithEventID(context.Background(), ev.EventId), ev); err != nil {
 		t.Fatalf("Publish = %v; want nil", err)
 	}

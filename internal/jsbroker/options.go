@@ -17,10 +17,17 @@ const (
 	DefaultMaxDeliver       = 5
 	DefaultAckWait          = 30 * time.Second
 	DefaultMaxAge           = 7 * 24 * time.Hour
-	DefaultDuplicateWindow  = 10 * time.Minute
-	DefaultPublishTimeout   = 5 * time.Second
-	DefaultPullBatch        = 16
-	DefaultReconnectWait    = time.Second
+	DefaultMaxBytes         = 1 << 30 // 1 GiB
+	DefaultDeadLetterMaxAge = 30 * 24 * time.Hour
+	// DefaultDeadLetterMaxBytes is 256 MiB.
+	DefaultDeadLetterMaxBytes = 256 << 20
+	DefaultReplicas           = 1
+	// MaxReplicas is JetStream's limit on a stream's replicas.
+	MaxReplicas            = 5
+	DefaultDuplicateWindow = 10 * time.Minute
+	DefaultPublishTimeout  = 5 * time.Second
+	DefaultPullBatch       = 16
+	DefaultReconnectWait   = time.Second
 )
 
 // DefaultBackoff is the delay before the 1st, 2nd, ... redelivery of a message
@@ -53,6 +60,14 @@ func FinalRetryDelay(maxDeliver int, backoff []time.Duration) time.Duration {
 	return config{backoff: backoff}.backoffFor(uint64(maxDeliver - 1))
 }
 
+// Limits bound what a stream keeps; a zero field is no limit. When a
+// limit is reached the stream drops its oldest messages (JetStream's
+// DiscardOld), whether or not a consumer has had them.
+type Limits struct {
+	MaxAge   time.Duration
+	MaxBytes int64
+}
+
 type config struct {
 	stream           string
 	subjectPrefix    string
@@ -61,6 +76,10 @@ type config struct {
 	backoff          []time.Duration
 	ackWait          time.Duration
 	maxAge           time.Duration
+	maxBytes         int64
+	deadLetterLimits Limits
+	replicas         int
+	updateStreams    bool
 	duplicateWindow  time.Duration
 	publishTimeout   time.Duration
 	pullBatch        int
@@ -77,6 +96,10 @@ type (
 	backoffKey          struct{}
 	ackWaitKey          struct{}
 	maxAgeKey           struct{}
+	eventLimitsKey      struct{}
+	deadLetterLimitsKey struct{}
+	replicasKey         struct{}
+	updateStreamsKey    struct{}
 	duplicateWindowKey  struct{}
 	publishTimeoutKey   struct{}
 	pullBatchKey        struct{}
@@ -121,8 +144,30 @@ func Backoff(d ...time.Duration) broker.Option { return setOption(backoffKey{}, 
 // running handler extends it automatically (default 30s).
 func AckWait(d time.Duration) broker.Option { return setOption(ackWaitKey{}, d) }
 
-// MaxAge is how long the stream keeps a message (default 7 days).
+// MaxAge is how long the event stream keeps a message (default 7 days); see
+// EventLimits, which also sets no limit.
 func MaxAge(d time.Duration) broker.Option { return setOption(maxAgeKey{}, d) }
+
+// EventLimits bounds the event stream (default 7 days, 1 GiB); a zero
+// field is no limit. An event dropped at a limit before a consumer acked it
+// is lost for that consumer.
+func EventLimits(l Limits) broker.Option { return setOption(eventLimitsKey{}, l) }
+
+// DeadLetterLimits bounds the dead-letter stream (default 30 days, 256 MiB);
+// a zero field is no limit.
+func DeadLetterLimits(l Limits) broker.Option { return setOption(deadLetterLimitsKey{}, l) }
+
+// Replicas is how many JetStream servers hold each stream (default 1; 1 to
+// MaxReplicas, and at most the cluster's size: more fails Connect).
+func Replicas(n int) broker.Option { return setOption(replicasKey{}, n) }
+
+// UpdateStreams says what Connect does with streams that exist already:
+// true (the default) updates them to this broker's limits and replicas;
+// false leaves them as they are and logs a warning when they differ. Give
+// true to one program only, the streams' owner: two programs updating with
+// different settings would undo each other at every start, and lowering a
+// limit drops the messages above it at once.
+func UpdateStreams(on bool) broker.Option { return setOption(updateStreamsKey{}, on) }
 
 // DuplicateWindow is how long the stream remembers message ids to drop
 // repeated publishes of one event (default 10 minutes).
@@ -154,6 +199,10 @@ func configFrom(ctx context.Context) config {
 		backoff:          DefaultBackoff,
 		ackWait:          DefaultAckWait,
 		maxAge:           DefaultMaxAge,
+		maxBytes:         DefaultMaxBytes,
+		deadLetterLimits: Limits{MaxAge: DefaultDeadLetterMaxAge, MaxBytes: DefaultDeadLetterMaxBytes},
+		replicas:         DefaultReplicas,
+		updateStreams:    true,
 		duplicateWindow:  DefaultDuplicateWindow,
 		publishTimeout:   DefaultPublishTimeout,
 		pullBatch:        DefaultPullBatch,
@@ -183,6 +232,18 @@ func configFrom(ctx context.Context) config {
 	}
 	if v, ok := ctx.Value(maxAgeKey{}).(time.Duration); ok && v > 0 {
 		c.maxAge = v
+	}
+	if v, ok := ctx.Value(eventLimitsKey{}).(Limits); ok {
+		c.maxAge, c.maxBytes = v.MaxAge, v.MaxBytes
+	}
+	if v, ok := ctx.Value(deadLetterLimitsKey{}).(Limits); ok {
+		c.deadLetterLimits = v
+	}
+	if v, ok := ctx.Value(replicasKey{}).(int); ok && v > 0 {
+		c.replicas = v
+	}
+	if v, ok := ctx.Value(updateStreamsKey{}).(bool); ok {
+		c.updateStreams = v
 	}
 	if v, ok := ctx.Value(duplicateWindowKey{}).(time.Duration); ok && v > 0 {
 		c.duplicateWindow = v

@@ -16,7 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go-micro.dev/v6/broker"
-	merrors "go-micro.dev/v6/errors"
+
+	"github.com/shippy/shippy/internal/requestid"
 )
 
 // ephemeralInactive is how long the server keeps the consumer of a
@@ -72,7 +73,8 @@ func sanitize(s string) string {
 // message; without a queue each subscriber gets its own consumer from now on.
 // A message is acked after handler returned nil (unless DisableAutoAck: then
 // the handler acks with Event.Ack), redelivered with Backoff after an error,
-// and dead-lettered after MaxDeliver deliveries.
+// and dead-lettered after MaxDeliver deliveries, or at once after an error
+// marked Permanent.
 func (b *Broker) Subscribe(topic string, handler broker.Handler, opts ...broker.SubscribeOption) (broker.Subscriber, error) {
 	so := broker.NewSubscribeOptions(opts...)
 	nc, js, cfg := b.conn()
@@ -298,6 +300,10 @@ func (s *subscriber) handle(m jetstream.Msg) {
 		}
 	}
 	log := s.log.With("stream_seq", md.Sequence.Stream, "delivery", md.NumDelivered, "event_id", header[HeaderEventID])
+	if id, ok := requestid.FromHeader(header); ok {
+		// Retries and dead letters can be followed by the request id too.
+		log = log.With(requestid.LogKey, id)
+	}
 	ev := &event{
 		topic: strings.TrimPrefix(m.Subject(), s.cfg.subjectPrefix+"."),
 		msg:   &broker.Message{Header: header, Body: m.Data()},
@@ -330,6 +336,10 @@ func (s *subscriber) handle(m jetstream.Msg) {
 		}
 	case ev.isAcked():
 		log.Warn("handler failed after acking; not redelivered", "err", herr)
+	case IsPermanent(herr):
+		// No redelivery can fix it: dead-letter it now (see Permanent).
+		ev.err = herr
+		s.deadLetter(log, ev, md, readableReason(herr))
 	case int(md.NumDelivered) >= s.cfg.maxDeliver:
 		ev.err = herr
 		s.deadLetter(log, ev, md, readableReason(herr))
@@ -405,18 +415,6 @@ func (s *subscriber) deadLetter(log *slog.Logger, ev *event, md *jetstream.MsgMe
 	}
 	s.b.stats.deadLettered.Add(1)
 	log.Error("message dead-lettered", "reason", reason, "subject", dl.Subject)
-}
-
-// readableReason is the text of a handler's error for the dead letter.
-// go-micro's subscriber path returns a handler's error as a go-micro error,
-// whose text is JSON ({"id":"go.micro.server","code":500,"detail":
-// "subscriber error: ..."}); its Detail is what an operator wants to read.
-// Any other error's text is kept as it is.
-func readableReason(err error) string {
-	if d := merrors.FromError(err).Detail; d != "" {
-		return d
-	}
-	return err.Error()
 }
 
 // headerValue keeps an error text valid as a NATS header value (one line,

@@ -5,6 +5,9 @@ package natstest
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +35,39 @@ func Start(t testing.TB) *Server {
 	}}
 	s.start()
 	// Keep the port the first start picked so a restart reuses it.
+	s.opts.Port = s.srv.Addr().(*net.TCPAddr).Port
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// StartConfig starts a server from a nats-server configuration file, as
+// shippy's deployments run it, with vars defined before the file's own
+// content (the passwords it reads from the environment), on a random
+// loopback port and a temporary store.
+func StartConfig(t testing.TB, file string, vars map[string]string) *Server {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("natstest: read %s: %v", file, err)
+	}
+	var conf strings.Builder
+	for k, v := range vars {
+		fmt.Fprintf(&conf, "%s: %q\n", k, v)
+	}
+	conf.Write(raw)
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("natstest: %s: %v", file, err)
+	}
+	opts.Host, opts.Port = "127.0.0.1", -1
+	opts.JetStream, opts.StoreDir = true, t.TempDir()
+	opts.NoLog, opts.NoSigs = true, true
+	s := &Server{t: t, opts: *opts}
+	s.start()
 	s.opts.Port = s.srv.Addr().(*net.TCPAddr).Port
 	t.Cleanup(s.Stop)
 	return s

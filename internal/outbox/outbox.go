@@ -37,8 +37,9 @@ import (
 // Limits of Message fields, enforced by Enqueue so that PostgreSQL and SQLite
 // accept and refuse the same messages.
 const (
-	MaxEventIDLen = 128
-	MaxTopicLen   = 255
+	MaxEventIDLen   = 128
+	MaxTopicLen     = 255
+	MaxRequestIDLen = 64
 )
 
 // ErrInvalidMessage is returned by Enqueue for a message without an event id
@@ -53,6 +54,10 @@ type Message struct {
 	EventID string
 	Topic   string
 	Payload []byte
+	// RequestID is the id of the request that caused the event, if any,
+	// for the Publisher to send along (a header) so that one request can
+	// be followed into its consumers' logs. Optional.
+	RequestID string
 }
 
 // Event is a row of the outbox_events table.
@@ -73,12 +78,16 @@ type Event struct {
 	// package comment); PostgreSQL leaves them empty.
 	LeaseOwner     string `gorm:"size:32;not null;default:''"`
 	LeaseExpiresAt *time.Time
+	// RequestID is Message.RequestID; NULL when there was none, and in rows
+	// written before the column was added (Migrate adds it).
+	RequestID *string `gorm:"size:64"`
 }
 
 // TableName is the table gorm migrates and queries.
 func (Event) TableName() string { return "outbox_events" }
 
-// Migrate creates or updates the outbox_events table.
+// Migrate creates or updates the outbox_events table; a table made before
+// the request_id column existed gets it (NULL in its rows).
 func Migrate(ctx context.Context, db *gorm.DB) error {
 	if err := db.WithContext(ctx).AutoMigrate(&Event{}); err != nil {
 		return fmt.Errorf("migrate outbox_events table: %w", err)
@@ -96,6 +105,9 @@ func Enqueue(ctx context.Context, tx *gorm.DB, m Message) error {
 		return err
 	}
 	ev := Event{EventID: m.EventID, Topic: m.Topic, Payload: m.Payload}
+	if m.RequestID != "" {
+		ev.RequestID = &m.RequestID
+	}
 	if ev.Payload == nil {
 		// NOT NULL: an empty payload is stored as zero bytes.
 		ev.Payload = []byte{}
@@ -116,6 +128,25 @@ func (m Message) validate() error {
 		return fmt.Errorf("%w: empty topic (event %s)", ErrInvalidMessage, m.EventID)
 	case len(m.Topic) > MaxTopicLen:
 		return fmt.Errorf("%w: topic longer than %d bytes (event %s)", ErrInvalidMessage, MaxTopicLen, m.EventID)
+	case len(m.RequestID) > MaxRequestIDLen:
+		return fmt.Errorf("%w: request id longer than %d bytes (event %s)", ErrInvalidMessage, MaxRequestIDLen, m.EventID)
 	}
 	return nil
+}
+
+// message is the row as the Publisher gets it.
+func (e *Event) message() Message {
+	m := Message{EventID: e.EventID, Topic: e.Topic, Payload: e.Payload}
+	if e.RequestID != nil {
+		m.RequestID = *e.RequestID
+	}
+	return m
+}
+
+// requestIDAttr is the row's request id as a log attribute, or nothing.
+func (e *Event) requestIDAttr() []any {
+	if e.RequestID == nil || *e.RequestID == "" {
+		return nil
+	}
+	return []any{"request_id", *e.RequestID}
 }

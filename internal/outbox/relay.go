@@ -390,7 +390,7 @@ func (r *Relay) publishRows(ctx context.Context, rows []Event, deadline time.Tim
 			return res
 		}
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.publishTimeout)
-		err := r.pub.Publish(pctx, Message{EventID: ev.EventID, Topic: ev.Topic, Payload: ev.Payload})
+		err := r.pub.Publish(pctx, ev.message())
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -463,14 +463,14 @@ func (r *Relay) finish(ctx context.Context, res batchResult, txErr error) error 
 	if txErr == nil {
 		r.published.Add(uint64(len(res.published)))
 		for _, ev := range res.published {
-			log.InfoContext(ctx, "outbox event published",
-				"event_id", ev.EventID, "topic", ev.Topic, "attempts", ev.Attempts+1)
+			log.InfoContext(ctx, "outbox event published", append([]any{
+				"event_id", ev.EventID, "topic", ev.Topic, "attempts", ev.Attempts + 1}, ev.requestIDAttr()...)...)
 		}
 	}
 	if res.failed != nil {
-		log.WarnContext(ctx, "outbox publish failed",
+		log.WarnContext(ctx, "outbox publish failed", append([]any{
 			"event_id", res.failed.EventID, "topic", res.failed.Topic,
-			"attempts", res.failed.Attempts+1, "err", res.failErr)
+			"attempts", res.failed.Attempts + 1, "err", res.failErr}, res.failed.requestIDAttr()...)...)
 		return errors.Join(fmt.Errorf("publish event %s: %w", res.failed.EventID, res.failErr), txErr)
 	}
 	return txErr

@@ -319,17 +319,26 @@ func (x *Error) GetDescription() string {
 }
 
 // UserCreated is published on the topic "user.created" once per new user.
-// It deliberately has no password field: secrets never leave the user-service.
+//
+// Fields 1 to 4 are numbered, named and typed as in the tutorial's User, so
+// a subscriber written as in the tutorial (Process(ctx, *pb.User) with the
+// tutorial's generated code) reads the right id, name, company and email;
+// with EVENTS_CODEC=json the body's keys are these names, which
+// encoding/json reads into the tutorial's User. 5 was the tutorial's
+// password: reserved forever, so no secret is ever sent or misread as one.
+// Our own fields are numbered from 6 on. `make proto-breaking` refuses
+// changes that break this against proto/released.txtpb.
 type UserCreated struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new user's id, as returned by Create.
+	Id      string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name    string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Company string `protobuf:"bytes,3,opt,name=company,proto3" json:"company,omitempty"`
+	Email   string `protobuf:"bytes,4,opt,name=email,proto3" json:"email,omitempty"`
 	// Unique per event; subscribers use it to drop redeliveries.
-	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	UserId  string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Name    string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
-	Company string `protobuf:"bytes,4,opt,name=company,proto3" json:"company,omitempty"`
-	Email   string `protobuf:"bytes,5,opt,name=email,proto3" json:"email,omitempty"`
+	EventId string `protobuf:"bytes,6,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// Unix time in milliseconds; an int keeps the JSON codec and protobuf alike.
-	CreatedAtUnixMs int64 `protobuf:"varint,6,opt,name=created_at_unix_ms,json=createdAtUnixMs,proto3" json:"created_at_unix_ms,omitempty"`
+	CreatedAtUnixMs int64 `protobuf:"varint,7,opt,name=created_at_unix_ms,json=createdAtUnixMs,proto3" json:"created_at_unix_ms,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -364,16 +373,9 @@ func (*UserCreated) Descriptor() ([]byte, []int) {
 	return file_proto_user_user_proto_rawDescGZIP(), []int{5}
 }
 
-func (x *UserCreated) GetEventId() string {
+func (x *UserCreated) GetId() string {
 	if x != nil {
-		return x.EventId
-	}
-	return ""
-}
-
-func (x *UserCreated) GetUserId() string {
-	if x != nil {
-		return x.UserId
+		return x.Id
 	}
 	return ""
 }
@@ -395,6 +397,13 @@ func (x *UserCreated) GetCompany() string {
 func (x *UserCreated) GetEmail() string {
 	if x != nil {
 		return x.Email
+	}
+	return ""
+}
+
+func (x *UserCreated) GetEventId() string {
+	if x != nil {
+		return x.EventId
 	}
 	return ""
 }
@@ -429,14 +438,14 @@ const file_proto_user_user_proto_rawDesc = "" +
 	"\x06errors\x18\x03 \x03(\v2\x18.go.micro.srv.user.ErrorR\x06errors\"=\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12 \n" +
-	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xb2\x01\n" +
-	"\vUserCreated\x12\x19\n" +
-	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x17\n" +
-	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
-	"\acompany\x18\x04 \x01(\tR\acompany\x12\x14\n" +
-	"\x05email\x18\x05 \x01(\tR\x05email\x12+\n" +
-	"\x12created_at_unix_ms\x18\x06 \x01(\x03R\x0fcreatedAtUnixMs2\xd7\x02\n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xb9\x01\n" +
+	"\vUserCreated\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\acompany\x18\x03 \x01(\tR\acompany\x12\x14\n" +
+	"\x05email\x18\x04 \x01(\tR\x05email\x12\x19\n" +
+	"\bevent_id\x18\x06 \x01(\tR\aeventId\x12+\n" +
+	"\x12created_at_unix_ms\x18\a \x01(\x03R\x0fcreatedAtUnixMsJ\x04\b\x05\x10\x06R\bpassword2\xd7\x02\n" +
 	"\vUserService\x12@\n" +
 	"\x06Create\x12\x17.go.micro.srv.user.User\x1a\x1b.go.micro.srv.user.Response\"\x00\x12=\n" +
 	"\x03Get\x12\x17.go.micro.srv.user.User\x1a\x1b.go.micro.srv.user.Response\"\x00\x12C\n" +
