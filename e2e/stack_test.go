@@ -24,7 +24,8 @@ import (
 // mdns, and the JetStream nats-server make up starts), the CLI with no
 // exports, a burst of creates from parallel CLIs, and the email-service
 // stopped with SIGTERM in the middle and started again by `make up`. Every
-// created user gets exactly one welcome email; `make down` stops everything.
+// created user gets exactly one welcome email; a token saved before the
+// user-service restarts still works after; `make down` stops everything.
 func TestMakeUpLosesNoEventAcrossEmailServiceRestart(t *testing.T) {
 	const (
 		users      = 600
@@ -129,6 +130,14 @@ func TestMakeUpLosesNoEventAcrossEmailServiceRestart(t *testing.T) {
 	}
 	if n := strings.Count(string(log), `"msg":"serving"`); n != 2 {
 		t.Errorf("%s holds %d starts; want 2 (make up must append, not truncate)", emails, n)
+	}
+
+	// A restarted user-service keeps its signing key: the token the admin
+	// saved before still lists the users.
+	st.stop("shippy-user-service", syscall.SIGTERM)
+	st.make("up")
+	if got := len(st.listNames(t)); got != users+2 {
+		t.Errorf("after the user-service restarted, list shows %d users; want %d", got, users+2)
 	}
 
 	st.make("down")

@@ -66,14 +66,16 @@ fail_start() { # NAME LOG OFFSET STATUS
   die "$1 $why (log: $2)"
 }
 
-# secret NAME prints the file holding NAME's NATS password, made (random,
-# mode 0600) on first use and kept, so restarted programs log in again.
+# secret NAME [BYTES] prints the file holding the secret NAME (a NATS
+# password, or the JWT key), BYTES random bytes in hex (default 24), made
+# with mode 0600 on first use and kept, so restarted programs log in again
+# and tokens stay valid across a restart.
 secret() {
   local f="$dir/secrets/$1"
   if [ ! -s "$f" ]; then
     mkdir -p "$dir/secrets"
     chmod 700 "$dir/secrets"
-    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$f")
+    (umask 077 && od -An -N"${2:-24}" -tx1 /dev/urandom | tr -d ' \n' >"$f")
   fi
   printf '%s\n' "$f"
 }
@@ -146,6 +148,11 @@ up() {
     if [ "${MICRO_BROKER_ADDRESS:-}" = "$(cat "$dir/nats.url" 2>/dev/null)" ]; then
       user=${svc#shippy-} # the stack's NATS: the service's own user
       creds+=(NATS_USER="$user" NATS_PASSWORD_FILE="$(secret "$user")")
+    fi
+    # Without a configured key the user-service would make one per process,
+    # and every restart would sign everybody out.
+    if [ "$svc" = shippy-user-service ] && [ -z "${JWT_SECRET:-}${JWT_SECRET_FILE:-}" ]; then
+      creds+=(JWT_SECRET_FILE="$(secret jwt 48)")
     fi
     start_service "$svc" "${creds[@]}"
   done
