@@ -94,19 +94,48 @@ func (l *authLimiter) Begin(ctx context.Context, email, caller string) (time.Dur
 	if wait, err := l.take(ctx, scopeCaller, caller, l.cfg.perCaller, now); err != nil || wait > 0 {
 		return wait, err
 	}
-	return l.take(ctx, scopeEmailCaller, emailCallerKey(email, caller), l.cfg.perEmail, now)
+	wait, err := l.take(ctx, scopeEmailCaller, emailCallerKey(email, caller), l.cfg.perEmail, now)
+	if err != nil || wait == 0 {
+		return wait, err
+	}
+	// Refused for this email, so no password was checked: the caller's
+	// count across emails must not grow by it, or a user retrying their own
+	// throttled account would slow everybody behind the same address.
+	return wait, l.uncountCaller(ctx, caller)
 }
 
 // Succeeded takes back the count Begin added: the (caller, email) key is
 // cleared, and the caller's count across emails loses this attempt.
 func (l *authLimiter) Succeeded(ctx context.Context, email, caller string) error {
-	db := l.db.WithContext(ctx)
-	if err := db.Where("scope = ? AND attempt_key = ?", scopeEmailCaller, emailCallerKey(email, caller)).
+	if err := l.db.WithContext(ctx).Where("scope = ? AND attempt_key = ?", scopeEmailCaller, emailCallerKey(email, caller)).
 		Delete(&authAttempt{}).Error; err != nil {
 		return fmt.Errorf("clear login attempts: %w", err)
 	}
-	if err := db.Model(&authAttempt{}).Where("scope = ? AND attempt_key = ? AND failures > 0", scopeCaller, caller).
-		Update("failures", gorm.Expr("failures - 1")).Error; err != nil {
+	return l.uncountCaller(ctx, caller)
+}
+
+// uncountSQL takes one attempt back from a caller's row: its failure and
+// the back-off step it caused (the wait shrinks to the step before, counted
+// from the same time), so a success or a refused attempt leaves the row as
+// if it had not been made, and successes never lengthen the wait.
+const uncountSQL = `
+UPDATE auth_attempts SET
+	failures = failures - 1,
+	backoff_ms = ` + prevBackoffSQL + `,
+	blocked_until_ms = blocked_until_ms - backoff_ms + ` + prevBackoffSQL + `
+WHERE scope = @scope AND attempt_key = @key AND failures > 0`
+
+const prevBackoffSQL = `(CASE
+		WHEN failures - 1 < @max THEN 0
+		WHEN backoff_ms / 2 < @base THEN CAST(@base AS BIGINT)
+		ELSE backoff_ms / 2
+	END)`
+
+func (l *authLimiter) uncountCaller(ctx context.Context, caller string) error {
+	err := l.db.WithContext(ctx).Exec(uncountSQL, map[string]any{
+		"scope": scopeCaller, "key": caller, "max": l.cfg.perCaller, "base": l.cfg.base.Milliseconds(),
+	}).Error
+	if err != nil {
 		return fmt.Errorf("uncount login attempt: %w", err)
 	}
 	return nil

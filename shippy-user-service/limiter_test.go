@@ -97,6 +97,65 @@ func TestLimiterSuccessClearsTheEmailKey(t *testing.T) {
 	}
 }
 
+// Successful logins from an address that reached its limit across emails
+// must not lengthen its wait: each success leaves the caller's row as it
+// found it, so the next user behind that address waits no longer than the
+// failures alone earned.
+func TestLimiterSuccessesDoNotLengthenTheCallersWait(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := throttleConfig{perEmail: 100, perCaller: 3, base: time.Second, max: 15 * time.Minute, window: time.Hour}
+			l, clock := newTestLimiter(t, b.open(t), cfg)
+			const caller = "192.0.2.9"
+			for _, e := range []string{"a@example.com", "b@example.com", "c@example.com"} {
+				begin(t, l, e, caller) // three failures: the caller now waits 1s
+			}
+			for i := range 5 {
+				clock.Advance(time.Second)
+				if wait := begin(t, l, "owner@example.com", caller); wait != 0 {
+					t.Fatalf("login %d after waiting = wait %s; want let through", i, wait)
+				}
+				if err := l.Succeeded(context.Background(), "owner@example.com", caller); err != nil {
+					t.Fatal(err)
+				}
+				if wait := begin(t, l, "other@example.com", caller); wait > time.Second {
+					t.Fatalf("after %d successful logins, another login = wait %s; want at most 1s", i+1, wait)
+				}
+				if err := l.Succeeded(context.Background(), "other@example.com", caller); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// An attempt refused for its email checks no password, so it must not count
+// against the caller across emails: a user retrying their own throttled
+// account does not slow the others behind the same address.
+func TestLimiterRefusedAttemptsDoNotCountForTheCaller(t *testing.T) {
+	for _, b := range storeBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := throttleConfig{perEmail: 2, perCaller: 10, base: time.Minute, max: 15 * time.Minute, window: time.Hour}
+			l, _ := newTestLimiter(t, b.open(t), cfg)
+			const caller = "192.0.2.1"
+			refused := 0
+			for range 12 {
+				if begin(t, l, "ada@example.com", caller) > 0 {
+					refused++
+				}
+			}
+			if refused != 10 {
+				t.Fatalf("12 attempts for one email: %d refused; want 10", refused)
+			}
+			if wait := begin(t, l, "bob@example.com", caller); wait != 0 {
+				t.Errorf("another email after the refused attempts = wait %s; want let through", wait)
+			}
+		})
+	}
+}
+
 func TestLimiterForgetsOldFailures(t *testing.T) {
 	for _, b := range storeBackends {
 		t.Run(b.name, func(t *testing.T) {

@@ -521,6 +521,7 @@ func TestNATSPermissions(t *testing.T) {
 	})
 
 	t.Run("refused", func(t *testing.T) {
+		emailDurable := jsbroker.ConsumerName("go.micro.srv.email", "user.created")
 		tests := []struct {
 			user     string
 			pub, sub []string
@@ -538,7 +539,12 @@ func TestNATSPermissions(t *testing.T) {
 			// ops reads the streams and replays dead letters, but may not
 			// remove a stream's or a consumer's state, nor answer lookups.
 			{"ops",
-				[]string{"$JS.API.STREAM.DELETE.SHIPPY_EVENTS", "$JS.API.STREAM.PURGE.SHIPPY_EVENTS_DLQ", "$JS.API.CONSUMER.DELETE.SHIPPY_EVENTS.x", "$JS.API.STREAM.MSG.DELETE.SHIPPY_EVENTS", "$KV.shippy_email_sent.x", "shippy.deadletter.user.created", "shippy.registry.watch.go.micro.srv.user", "_INBOX_cli.x"},
+				[]string{"$JS.API.STREAM.DELETE.SHIPPY_EVENTS", "$JS.API.STREAM.PURGE.SHIPPY_EVENTS_DLQ", "$JS.API.CONSUMER.DELETE.SHIPPY_EVENTS.x", "$JS.API.STREAM.MSG.DELETE.SHIPPY_EVENTS", "$KV.shippy_email_sent.x", "shippy.deadletter.user.created", "shippy.registry.watch.go.micro.srv.user", "_INBOX_cli.x",
+					// The email-service's durable consumer: not to be changed
+					// (a filter that matches nothing stops every email) nor
+					// pulled from (each pull costs an event a delivery).
+					"$JS.API.CONSUMER.CREATE.SHIPPY_EVENTS." + emailDurable, "$JS.API.CONSUMER.CREATE.SHIPPY_EVENTS." + emailDurable + ".shippy.events.user.created",
+					"$JS.API.CONSUMER.MSG.NEXT.SHIPPY_EVENTS." + emailDurable},
 				[]string{"shippy.events.>", "shippy.registry.query.go.micro.srv.user", "micro.nats.query", "_INBOX_user-service.>"}},
 			{"user-service",
 				[]string{"$KV.shippy_email_sent.x", "$JS.API.CONSUMER.CREATE.SHIPPY_EVENTS.x", "$JS.API.STREAM.DELETE.SHIPPY_EVENTS", "shippy.deadletter.user.created", "_INBOX_cli.x", "shippy.registry.watch.go.micro.srv.email"},
