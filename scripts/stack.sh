@@ -111,7 +111,7 @@ start_nats() {
 }
 
 # serving LOG OFFSET: the service logged, after OFFSET, that it serves.
-serving() { tail -c +"$(($2 + 1))" "$1" | grep -q '"msg":"serving"'; }
+serving() { tail -c +"$(($2 + 1))" "$1" | grep -Eq '"msg":"serving"|msg=serving( |$)'; }
 
 start_service() { # NAME [VAR=VALUE...]
   local svc=$1 pid log="$dir/$1.log" offset

@@ -116,9 +116,7 @@ func TestOpsServerOnJetStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.stop() })
-	if code, body := opstest.Get(t, addr, "/readyz"); code != http.StatusOK {
-		t.Errorf("/readyz once started = %d %s; want 200", code, body)
-	}
+	opstest.WaitStatus(t, addr, "/readyz", http.StatusOK)
 
 	pubBroker := jsbroker.NewBroker(broker.Addrs(ns.URL()), jsbroker.Logger(discardLog))
 	if err := pubBroker.Connect(); err != nil {

@@ -233,8 +233,13 @@ func runValidate(ctx context.Context, a *app, args []string) error {
 		tok, err = svc.ValidateToken(ctx, &pb.Token{Token: token})
 		return err
 	})
-	valid, reason := tok.GetValid(), ""
-	if err != nil {
+	// tok only after a nil error: a call that timed out may still be
+	// writing it.
+	var valid bool
+	var reason string
+	if err == nil {
+		valid = tok.GetValid()
+	} else {
 		// The service answers a bad token with 401 (or 400 for a malformed
 		// request): that is the answer "not valid", not a failure.
 		merr := merrors.FromError(err)

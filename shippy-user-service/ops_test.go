@@ -86,9 +86,7 @@ func TestOpsServer(t *testing.T) {
 			}
 			serveInBackground(t, svc)
 			waitRegistered(t, ns.URL(), serviceName)
-			if code, body := opstest.Get(t, addr, "/readyz"); code != http.StatusOK {
-				t.Errorf("/readyz while serving = %d %s; want 200", code, body)
-			}
+			opstest.WaitStatus(t, addr, "/readyz", http.StatusOK)
 
 			// Before any call every method is there, at zero.
 			body := opstest.Scrape(t, addr)

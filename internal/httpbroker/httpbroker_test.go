@@ -329,9 +329,11 @@ func TestPublishHonoursContextDeadline(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Publish with a stuck handler = %v; want context.DeadlineExceeded", err)
 	}
+	// The POST may reach the handler only after the deadline on a loaded
+	// machine: wait for it, bounded so a lost delivery fails, not hangs.
 	select {
 	case <-entered:
-	default:
+	case <-time.After(20 * time.Second):
 		t.Errorf("the handler was never called")
 	}
 }

@@ -52,3 +52,21 @@ func Scrape(t testing.TB, addr string) string {
 	}
 	return body
 }
+
+// WaitStatus polls path until it answers want, for up to a minute, and
+// returns the last body: a readiness check may time out once on a loaded
+// machine, which a probe retries too.
+func WaitStatus(t testing.TB, addr, path string, want int) string {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, body := Get(t, addr, path)
+		if code == want {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s%s = %d %s for a minute; want %d", addr, path, code, body, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
