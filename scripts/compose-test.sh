@@ -111,11 +111,18 @@ container_of() {
     --filter "label=com.docker.compose.service=$1" --filter label=com.docker.compose.oneoff=False
 }
 
+# health_of SERVICE: its health status, or "exited" when the container has
+# stopped and will not restart (podman keeps its last status, "starting").
 health_of() {
-  local id
+  local id state
   id=$(container_of "$1")
   [ -n "$id" ] || { echo missing; return; }
-  podman inspect --format '{{.State.Health.Status}}' "$id" 2>/dev/null || echo missing
+  state=$(podman inspect --format '{{.State.Status}} {{.HostConfig.RestartPolicy.Name}} {{.State.Health.Status}}' "$id" 2>/dev/null) \
+    || { echo missing; return; }
+  case $state in
+    "exited no "* | "exited  "*) echo exited ;;
+    *) echo "${state##* }" ;;
+  esac
 }
 
 # wait_healthy SERVICE...: until each one's health check passes.
@@ -125,6 +132,7 @@ wait_healthy() {
     pending=()
     for svc in "$@"; do
       health=$(health_of "$svc")
+      [ "$health" = exited ] && fail "$svc exited (it has no restart policy): see its logs below"
       [ "$health" = healthy ] || pending+=("$svc=$health")
     done
     [ ${#pending[@]} -eq 0 ] && return 0
@@ -241,7 +249,7 @@ up() {
   local status=0
   compose --timeout "$UP_TIMEOUT" up -d --build 2>&1 | while IFS= read -r line; do
     printf '%7ss %s\n' "$(since "$t0")" "$line"
-  done | tee "$work/up.log" | { grep -vE '^ *[0-9.]+s --> [0-9a-f]+$' || true; } || status=$?
+  done | tee "$work/up.log" | { grep --line-buffered -vE '^ *[0-9.]+s --> [0-9a-f]+$' || true; } || status=$?
   [ "$status" -eq 0 ] || fail "docker-compose up -d --build failed (exit $status)"
   wait_healthy "${services[@]}"
   up_to_healthy=$(since "$t0")

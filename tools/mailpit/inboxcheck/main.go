@@ -93,7 +93,7 @@ func run(ctx context.Context, c config) error {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
-		chromedp.WindowSize(1200, 720),
+		chromedp.WindowSize(1280, 800),
 	)
 	defer cancelAlloc()
 	tab, cancelTab := chromedp.NewContext(alloc)
