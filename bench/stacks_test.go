@@ -29,7 +29,8 @@ import (
 //
 // go-micro's gRPC server and client are measured here only: their packages
 // import go-micro's cmd package, which links every plugin go-micro ships
-// into a binary (BENCH.md weighs the size).
+// (consul, etcd, rabbitmq, redis, mysql...), and go-micro's own `micro call`
+// speaks its rpc protocol, which a gRPC server does not (BENCH.md).
 
 const (
 	tokenIssuer  = "shippy.user" // as the user-service signs

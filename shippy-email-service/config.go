@@ -36,6 +36,10 @@ type Config struct {
 	// Queue is EMAIL_QUEUE, the queue group replicas share so that each
 	// event is handled once, not once per replica.
 	Queue string
+	// Concurrency is EMAIL_CONCURRENCY (default 8, 1 to 1024): how many
+	// events a replica handles at once on the JetStream broker (see
+	// defaultConcurrency); other brokers ignore it.
+	Concurrency int
 	// SentNATS is where the ids of sent events are recorded: with
 	// MICRO_BROKER=jetstream, the NATS URL(s) of MICRO_BROKER_ADDRESS
 	// (default nats://127.0.0.1:4222), shared by all replicas; otherwise
@@ -76,7 +80,8 @@ var bucketName = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // LoadConfig reads the configuration once; getenv is os.Getenv outside tests.
 func LoadConfig(getenv func(string) string) (Config, error) {
-	cfg := Config{LogLevel: slog.LevelInfo, Queue: defaultQueue, SentBucket: defaultSentBucket, SendLease: defaultSendLease}
+	cfg := Config{LogLevel: slog.LevelInfo, Queue: defaultQueue, Concurrency: defaultConcurrency,
+		SentBucket: defaultSentBucket, SendLease: defaultSendLease}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := cfg.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return Config{}, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", v)
@@ -96,6 +101,13 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("EMAIL_QUEUE=%q: want a queue name without spaces or wildcards", v)
 		}
 		cfg.Queue = v
+	}
+	if v := getenv("EMAIL_CONCURRENCY"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > jsbroker.MaxConcurrency {
+			return Config{}, fmt.Errorf("EMAIL_CONCURRENCY=%q: want a number of events from 1 to %d", v, jsbroker.MaxConcurrency)
+		}
+		cfg.Concurrency = n
 	}
 	if v := getenv("EMAIL_SENT_BUCKET"); v != "" {
 		if !bucketName.MatchString(v) {

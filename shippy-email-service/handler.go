@@ -37,11 +37,23 @@ var errPermanent = errors.New("permanent failure")
 type Handler struct {
 	mailer Mailer
 	log    *slog.Logger
+	// concurrency is how many events Subscribe lets run at once.
+	concurrency int
 }
 
-// NewHandler returns a Handler sending through mailer.
+// NewHandler returns a Handler sending through mailer, defaultConcurrency
+// events at a time.
 func NewHandler(mailer Mailer, log *slog.Logger) *Handler {
-	return &Handler{mailer: mailer, log: log}
+	return &Handler{mailer: mailer, log: log, concurrency: defaultConcurrency}
+}
+
+// WithConcurrency sets how many events Subscribe lets h handle at once
+// (EMAIL_CONCURRENCY); n below 1 keeps the default.
+func (h *Handler) WithConcurrency(n int) *Handler {
+	if n > 0 {
+		h.concurrency = n
+	}
+	return h
 }
 
 // Handle is the go-micro subscriber: go-micro has already decoded the
@@ -100,10 +112,19 @@ func validate(ev *pb.UserCreated) error {
 	return nil
 }
 
+// defaultConcurrency is how many events a replica handles at once on the
+// JetStream broker (EMAIL_CONCURRENCY; other brokers ignore it): a handler
+// mostly waits (the sent log's claim and record, the mail server), so a few
+// in flight overlap those waits. Each still claims its event id first, so a
+// send stays exactly once.
+const defaultConcurrency = 8
+
 // Subscribe registers h for user.created on srv in the queue group queue, so
-// that replicas sharing the queue handle each event once between them.
+// that replicas sharing the queue handle each event once between them, up
+// to h's concurrency at a time per replica (JetStream broker).
 func Subscribe(srv server.Server, h *Handler, queue string) error {
-	if err := srv.Subscribe(srv.NewSubscriber(pb.TopicUserCreated, h.Handle, server.SubscriberQueue(queue))); err != nil {
+	conc := server.SubscriberContext(jsbroker.WithConcurrency(context.Background(), h.concurrency))
+	if err := srv.Subscribe(srv.NewSubscriber(pb.TopicUserCreated, h.Handle, server.SubscriberQueue(queue), conc)); err != nil {
 		return fmt.Errorf("subscribe to %s: %w", pb.TopicUserCreated, err)
 	}
 	return nil

@@ -87,7 +87,7 @@ func TestLogMailerPrintsTheTutorialLine(t *testing.T) {
 
 func TestLoadConfig(t *testing.T) {
 	defaults := Config{LogLevel: slog.LevelInfo, LogFormat: servicelog.DefaultFormat(), MetricsAddress: ":9092",
-		Queue: "go.micro.srv.email", SentBucket: "shippy_email_sent", SendLease: 10 * time.Second}
+		Queue: "go.micro.srv.email", Concurrency: 8, SentBucket: "shippy_email_sent", SendLease: 10 * time.Second}
 	// On jetstream the sent log is bounded: 7 days (the event stream's
 	// max age), 256 MiB.
 	sentLimits := func(c *Config) { c.SentMaxAge, c.SentMaxBytes = 7*24*time.Hour, 256<<20 }
@@ -123,6 +123,9 @@ func TestLoadConfig(t *testing.T) {
 		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, Config{}, "LOG_LEVEL"},
 		{"bad queue", map[string]string{"EMAIL_QUEUE": "my queue"}, Config{}, "EMAIL_QUEUE"},
 		{"wildcard queue", map[string]string{"EMAIL_QUEUE": "emails.>"}, Config{}, "EMAIL_QUEUE"},
+		{"concurrency", map[string]string{"EMAIL_CONCURRENCY": "1"}, with(func(c *Config) { c.Concurrency = 1 }), ""},
+		{"no concurrency", map[string]string{"EMAIL_CONCURRENCY": "0"}, Config{}, "EMAIL_CONCURRENCY"},
+		{"bad concurrency", map[string]string{"EMAIL_CONCURRENCY": "many"}, Config{}, "EMAIL_CONCURRENCY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

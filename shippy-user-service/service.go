@@ -51,7 +51,8 @@ func newService(cfg Config, store *Store, log *slog.Logger, p microenv.Plugins, 
 	if cfg.EventsCodec == codecJSON {
 		pub = jsonPublisher{broker: held}
 	}
-	relay := outbox.New(store.db, outboxPublisher{events: pub}, outbox.WithLogger(log.With("component", "outbox")))
+	relay := outbox.New(store.db, outboxPublisher{events: pub},
+		outbox.WithLogger(log.With("component", "outbox")), outbox.WithMaxInFlight(relayMaxInFlight))
 	h, err := newHandler(store, bcryptHasher{cost: cfg.BcryptCost}, tokens,
 		relay, newAuthLimiter(store.db, throttleFromConfig(cfg), time.Now), log)
 	if err != nil {

@@ -404,12 +404,40 @@ func (b *Broker) Publish(topic string, m *broker.Message, opts ...broker.Publish
 
 func (b *Broker) publish(ctx context.Context, topic string, m *broker.Message) error {
 	nc, js, cfg := b.conn()
+	if err := connected(nc, js); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	msg, popts := natsMsg(cfg, topic, m)
+	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	defer cancel()
+	ack, err := js.PublishMsg(ctx, msg, popts...)
+	if err != nil {
+		return fmt.Errorf("publish %s to jetstream: %w", topic, err)
+	}
+	b.countAck(ack)
+	return nil
+}
+
+func connected(nc *nats.Conn, js jetstream.JetStream) error {
 	if nc == nil || js == nil {
-		return fmt.Errorf("publish %s: %w", topic, ErrNotConnected)
+		return ErrNotConnected
 	}
 	if !nc.IsConnected() {
-		return fmt.Errorf("publish %s: %w (%s)", topic, ErrNotConnected, nc.Status())
+		return fmt.Errorf("%w (%s)", ErrNotConnected, nc.Status())
 	}
+	return nil
+}
+
+func (b *Broker) countAck(ack *jetstream.PubAck) {
+	b.stats.published.Add(1)
+	if ack.Duplicate {
+		b.stats.duplicates.Add(1)
+	}
+}
+
+// natsMsg is m as the NATS message stored under topic's subject, with the
+// event id as JetStream's message id.
+func natsMsg(cfg config, topic string, m *broker.Message) (*nats.Msg, []jetstream.PublishOpt) {
 	msg := nats.NewMsg(cfg.subjectPrefix + "." + topic)
 	msg.Data = m.Body
 	for k, v := range m.Header {
@@ -421,15 +449,60 @@ func (b *Broker) publish(ctx context.Context, topic string, m *broker.Message) e
 	} else if id := msg.Header.Get(HeaderEventID); id != "" {
 		popts = append(popts, jetstream.WithMsgID(id))
 	}
+	return msg, popts
+}
+
+// Outgoing is one message of PublishBatch.
+type Outgoing struct {
+	Topic   string
+	Message *broker.Message
+}
+
+// PublishBatch stores msgs as Publish does, but sends them all before
+// waiting for the stream's acks (JetStream asynchronous publish): the batch
+// costs about one round trip instead of one per message. errs[i] is nil once
+// msgs[i] is stored, or why it may not be. The stream may store them in any
+// order if one is retried. The wait is bounded by ctx and PublishTimeout.
+func (b *Broker) PublishBatch(ctx context.Context, msgs []Outgoing) (errs []error) {
+	errs = make([]error, len(msgs))
+	defer func() {
+		for _, err := range errs {
+			if err != nil {
+				b.stats.publishErrors.Add(1)
+			}
+		}
+	}()
+	nc, js, cfg := b.conn()
+	if err := connected(nc, js); err != nil {
+		for i, m := range msgs {
+			errs[i] = fmt.Errorf("publish %s: %w", m.Topic, err)
+		}
+		return errs
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
-	ack, err := js.PublishMsg(ctx, msg, popts...)
-	if err != nil {
-		return fmt.Errorf("publish %s to jetstream: %w", topic, err)
+	futures := make([]jetstream.PubAckFuture, len(msgs))
+	for i, m := range msgs {
+		msg, popts := natsMsg(cfg, m.Topic, m.Message)
+		f, err := js.PublishMsgAsync(msg, popts...)
+		if err != nil {
+			errs[i] = fmt.Errorf("publish %s to jetstream: %w", m.Topic, err)
+			continue
+		}
+		futures[i] = f
 	}
-	b.stats.published.Add(1)
-	if ack.Duplicate {
-		b.stats.duplicates.Add(1)
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			b.countAck(ack)
+		case err := <-f.Err():
+			errs[i] = fmt.Errorf("publish %s to jetstream: %w", msgs[i].Topic, err)
+		case <-ctx.Done():
+			errs[i] = fmt.Errorf("publish %s to jetstream: %w", msgs[i].Topic, ctx.Err())
+		}
 	}
-	return nil
+	return errs
 }

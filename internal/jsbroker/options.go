@@ -27,7 +27,12 @@ const (
 	DefaultDuplicateWindow = 10 * time.Minute
 	DefaultPublishTimeout  = 5 * time.Second
 	DefaultPullBatch       = 16
-	DefaultReconnectWait   = time.Second
+	// DefaultConcurrency is how many handlers a subscriber runs at once:
+	// one, so that a handler need not be safe for concurrent use unless the
+	// program asks for more (Concurrency, WithConcurrency).
+	DefaultConcurrency   = 1
+	MaxConcurrency       = 1024
+	DefaultReconnectWait = time.Second
 )
 
 // DefaultBackoff is the delay before the 1st, 2nd, ... redelivery of a message
@@ -83,6 +88,7 @@ type config struct {
 	duplicateWindow  time.Duration
 	publishTimeout   time.Duration
 	pullBatch        int
+	concurrency      int
 	reconnectWait    time.Duration
 	natsOptions      []nats.Option
 	log              *slog.Logger
@@ -103,6 +109,7 @@ type (
 	duplicateWindowKey  struct{}
 	publishTimeoutKey   struct{}
 	pullBatchKey        struct{}
+	concurrencyKey      struct{}
 	reconnectWaitKey    struct{}
 	natsOptionsKey      struct{}
 	loggerKey           struct{}
@@ -181,6 +188,31 @@ func PublishTimeout(d time.Duration) broker.Option { return setOption(publishTim
 // replicas of a queue group evenly loaded (default 16).
 func PullBatch(n int) broker.Option { return setOption(pullBatchKey{}, n) }
 
+// Concurrency is how many messages each subscriber hands to its handler at
+// once (default 1; at most MaxConcurrency). More than one lets a handler that
+// waits (on a mail server, a key-value store) overlap those waits; the
+// handler must then be safe for concurrent use, and messages are handled out
+// of order. A subscription can set its own with WithConcurrency.
+func Concurrency(n int) broker.Option { return setOption(concurrencyKey{}, n) }
+
+// WithConcurrency returns ctx carrying a subscription's concurrency (see
+// Concurrency), for broker.SubscribeContext, or go-micro's
+// server.SubscriberContext, which passes it on to the broker.
+func WithConcurrency(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, concurrencyKey{}, n)
+}
+
+// concurrencyFrom is ctx's concurrency, or def.
+func concurrencyFrom(ctx context.Context, def int) int {
+	if ctx == nil {
+		return def
+	}
+	if v, ok := ctx.Value(concurrencyKey{}).(int); ok && v > 0 {
+		return min(v, MaxConcurrency)
+	}
+	return def
+}
+
 // ReconnectWait is the pause between reconnect attempts (default 1s, with jitter).
 func ReconnectWait(d time.Duration) broker.Option { return setOption(reconnectWaitKey{}, d) }
 
@@ -206,6 +238,7 @@ func configFrom(ctx context.Context) config {
 		duplicateWindow:  DefaultDuplicateWindow,
 		publishTimeout:   DefaultPublishTimeout,
 		pullBatch:        DefaultPullBatch,
+		concurrency:      DefaultConcurrency,
 		reconnectWait:    DefaultReconnectWait,
 		log:              slog.Default(),
 	}
@@ -254,6 +287,7 @@ func configFrom(ctx context.Context) config {
 	if v, ok := ctx.Value(pullBatchKey{}).(int); ok && v > 0 {
 		c.pullBatch = v
 	}
+	c.concurrency = concurrencyFrom(ctx, c.concurrency)
 	if v, ok := ctx.Value(reconnectWaitKey{}).(time.Duration); ok && v > 0 {
 		c.reconnectWait = v
 	}

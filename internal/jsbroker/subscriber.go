@@ -35,7 +35,11 @@ type subscriber struct {
 	durable  bool
 	log      *slog.Logger
 
-	config     jetstream.ConsumerConfig
+	config jetstream.ConsumerConfig
+	// slots bounds the handlers running at once (Concurrency); running
+	// counts them, so that Unsubscribe can wait for all of them.
+	slots      chan struct{}
+	running    sync.WaitGroup
 	once       sync.Once
 	done       chan struct{} // closed by Unsubscribe
 	recovering atomic.Bool
@@ -102,6 +106,7 @@ func (b *Broker) Subscribe(topic string, handler broker.Handler, opts ...broker.
 		cc.DeliverPolicy = jetstream.DeliverNewPolicy
 		cc.InactiveThreshold = ephemeralInactive
 	}
+	s.slots = make(chan struct{}, concurrencyFrom(so.Context, cfg.concurrency))
 	s.log = cfg.log.With("broker", "jetstream", "topic", topic, "consumer", s.consumer)
 	s.config = cc
 	s.done = make(chan struct{})
@@ -123,8 +128,9 @@ func (s *subscriber) consume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create consumer %s: %w", s.consumer, err)
 	}
-	cc, err := cons.Consume(s.handle,
-		jetstream.PullMaxMessages(s.cfg.pullBatch),
+	// The pull keeps every handler slot fed, and a batch more in flight.
+	cc, err := cons.Consume(s.dispatch,
+		jetstream.PullMaxMessages(max(s.cfg.pullBatch, 2*cap(s.slots))),
 		jetstream.ConsumeErrHandler(s.consumeError))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", s.consumer, err)
@@ -190,7 +196,7 @@ func (s *subscriber) Topic() string                    { return s.topic }
 // handled, so that another subscriber gets them at once instead of this one
 // handling up to PullBatch of them during a stop (and being killed midway by
 // a stop grace shorter than that). It waits, at most AckWait, for the one
-// handler already running, and keeps a queue group's durable consumer (and
+// handlers already running, and keeps a queue group's durable consumer (and
 // its position) on the server.
 func (s *subscriber) Unsubscribe() error {
 	s.once.Do(func() {
@@ -198,13 +204,31 @@ func (s *subscriber) Unsubscribe() error {
 		close(s.done)
 		cc := s.cc
 		s.mu.Unlock()
+		limit := time.NewTimer(s.cfg.ackWait)
+		defer limit.Stop()
+		closed := true
 		if cc != nil {
 			cc.Drain()
 			select {
 			case <-cc.Closed():
-			case <-time.After(s.cfg.ackWait):
+			case <-limit.C:
 				cc.Stop()
+				closed = false
 			}
+		}
+		if closed {
+			// The consume loop has ended, so no handler starts any more:
+			// wait for those still running in their slots.
+			handlersDone := make(chan struct{})
+			go func() { s.running.Wait(); close(handlersDone) }()
+			select {
+			case <-handlersDone:
+			case <-limit.C:
+				closed = false
+			}
+		}
+		if !closed {
+			s.log.Warn("handlers still running after ack wait; their messages will be redelivered")
 		}
 		s.b.mu.Lock()
 		delete(s.b.subs, s)
@@ -276,14 +300,41 @@ func (e *event) isAcked() bool {
 	return e.acked
 }
 
+// dispatch is the consume callback: it runs the handler on m in a slot of
+// its own, waiting while all Concurrency slots are busy (which stops the
+// pulling too). With one slot it handles m itself, in order.
+func (s *subscriber) dispatch(m jetstream.Msg) {
+	if cap(s.slots) == 1 {
+		s.running.Add(1)
+		defer s.running.Done()
+		s.handle(m)
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.done:
+		s.nakOnStop(m)
+		return
+	}
+	s.running.Add(1)
+	go func() {
+		defer func() { <-s.slots; s.running.Done() }()
+		s.handle(m)
+	}()
+}
+
+// nakOnStop hands a buffered message back while stopping (the delivery
+// counts toward MaxDeliver, as any delivery does).
+func (s *subscriber) nakOnStop(m jetstream.Msg) {
+	if err := m.Nak(); err != nil {
+		s.log.Warn("nak on stop failed; message will be redelivered after ack wait", "err", err)
+	}
+}
+
 func (s *subscriber) handle(m jetstream.Msg) {
 	select {
 	case <-s.done:
-		// Stopping: hand the buffered message back (the delivery counts
-		// toward MaxDeliver, as any delivery does).
-		if err := m.Nak(); err != nil {
-			s.log.Warn("nak on stop failed; message will be redelivered after ack wait", "err", err)
-		}
+		s.nakOnStop(m)
 		return
 	default:
 	}

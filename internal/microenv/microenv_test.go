@@ -89,13 +89,13 @@ func TestPluginsAreWhatTheEnvironmentNames(t *testing.T) {
 		broker, reg, transprt string // %T of each
 	}{
 		{Env{Broker: BrokerHTTP, Registry: RegistryMDNS, Transport: TransportHTTP},
-			"*httpbroker.Broker", "*microenv.patientMDNS", "*transport.httpTransport"},
+			"*httpbroker.Broker", "*microenv.patientMDNS", "microenv.replyBuffer"}, // go-micro's http transport, replies coalesced (replybuf.go)
 		{Env{Broker: BrokerNATS, Registry: RegistryNATS, Transport: TransportNATS},
 			// go-micro's NATS broker, with its connection's state followed
 			// for readiness (BrokerReady).
 			"*microenv.natsBrokerState", "*natsregistry.Registry", "*nats.ntport"},
 		{Env{Broker: BrokerJetStream, Registry: RegistryMemory, Transport: TransportHTTP},
-			"*jsbroker.Broker", "*registry.memRegistry", "*transport.httpTransport"},
+			"*jsbroker.Broker", "*registry.memRegistry", "microenv.replyBuffer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env.Broker+"/"+tt.env.Registry+"/"+tt.env.Transport, func(t *testing.T) {

@@ -94,7 +94,7 @@ func (e Env) httpTransport() transport.Transport {
 	plain := transport.NewHTTPTransport(transport.Addrs(e.TransportAddrs...))
 	t := e.TransportTLS
 	if !t.Server() && !t.Client() {
-		return plain
+		return replyBuffer{plain}
 	}
 	tt := &tlsTransport{Transport: plain, addrs: e.TransportAddrs}
 	if t.Server() {

@@ -19,7 +19,9 @@
 // any publish that honours its timeout, and a crashed relay's lease expires.
 //
 // A single relay publishes in id order and stops a batch at the first failed
-// publish, so a later event does not overtake an earlier one. Several relays
+// publish, so a later event does not overtake an earlier one; unless it is
+// given WithMaxInFlight, which publishes several at once (through a
+// BatchPublisher when the Publisher is one) and gives up that order. Several relays
 // share the work and give no order between their batches; ids are also
 // allocated before commit, so an event committed late can follow one with a
 // higher id.
