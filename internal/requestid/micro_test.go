@@ -51,6 +51,20 @@ func TestOverGoMicro(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = srv.Stop() })
 			c := env.NewClient(p, client.RequestTimeout(10*time.Second))
+			// go-micro's nats transport subscribes without a flush: a call
+			// right after Start may find no responders.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				var rsp wrapperspb.StringValue
+				err := c.Call(context.Background(), c.NewRequest("test.echo", "Echo.ID", &wrapperspb.StringValue{}), &rsp)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the server did not answer within 10s: %v", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 
 			tests := []struct {
 				name string

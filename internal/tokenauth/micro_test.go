@@ -62,6 +62,21 @@ func TestOverGoMicro(t *testing.T) {
 			}
 			t.Cleanup(func() { _ = srv.Stop() })
 			c := env.NewClient(p, client.RequestTimeout(10*time.Second))
+			// go-micro's nats transport subscribes without a flush: the
+			// server's subscription may reach NATS after Start returns, and a
+			// call before that finds no responders.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				var rsp pb.User
+				err := c.Call(tokenauth.BearerContext(context.Background(), "good"), c.NewRequest("test.who", "Who.Me", &pb.Request{}), &rsp)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the server did not answer within 10s: %v", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 
 			tests := []struct {
 				name     string
