@@ -92,14 +92,34 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error
 	return s, nil
 }
 
+// migrateLockKey names shippy's schema migration among PostgreSQL's
+// advisory locks (any constant the database's other users do not take).
+const migrateLockKey = 0x5368_6970_7079 // "Shippy"
+
+// migrate creates or updates the tables. On PostgreSQL it runs in one
+// transaction holding an advisory lock: replicas started together on a new
+// database take turns, where concurrent CREATE TABLEs would collide (a
+// duplicate pg_type row) and all but one replica would exit.
 func (s *Store) migrate(ctx context.Context) error {
-	if err := s.db.WithContext(ctx).AutoMigrate(&User{}); err != nil {
+	if s.db.Dialector.Name() != "postgres" {
+		return migrateTables(ctx, s.db)
+	}
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", migrateLockKey).Error; err != nil {
+			return fmt.Errorf("migrate: lock: %w", err)
+		}
+		return migrateTables(ctx, tx)
+	})
+}
+
+func migrateTables(ctx context.Context, db *gorm.DB) error {
+	if err := db.WithContext(ctx).AutoMigrate(&User{}); err != nil {
 		return fmt.Errorf("migrate users table: %w", err)
 	}
-	if err := migrateAuthAttempts(ctx, s.db); err != nil {
+	if err := migrateAuthAttempts(ctx, db); err != nil {
 		return err
 	}
-	return outbox.Migrate(ctx, s.db)
+	return outbox.Migrate(ctx, db)
 }
 
 // Close closes the connection pool.

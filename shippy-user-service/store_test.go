@@ -275,3 +275,26 @@ func TestStoreCreateIsAtomicWithItsEvent(t *testing.T) {
 		})
 	}
 }
+
+// Replicas started together on an empty database (a new deployment) must
+// all start: their schema migrations take turns instead of colliding in
+// CREATE TABLE.
+func TestStoreReplicasMigrateTogether(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	const replicas = 6
+	errs := make(chan error, replicas)
+	for range replicas {
+		go func() {
+			s, err := openStore(context.Background(), Config{Driver: driverPostgres, DSN: dsn, StoreDescription: "postgres test"}, discardLog)
+			if err == nil {
+				err = s.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range replicas {
+		if err := <-errs; err != nil {
+			t.Errorf("openStore on a new database beside %d other replicas = %v; want nil", replicas-1, err)
+		}
+	}
+}
