@@ -284,7 +284,8 @@ func (s *faultStack) settleCluster(urls string) tally {
 	return tl
 }
 
-// consumerIdleAt is faultStack.consumerIdle through any of urls.
+// consumerIdleAt reports whether the email-services' JetStream consumer,
+// reached through any of urls, has nothing left to deliver or to be acked.
 func consumerIdleAt(urls string) (bool, string, error) {
 	nc, err := nats.Connect(urls, nats.Timeout(2*time.Second))
 	if err != nil {

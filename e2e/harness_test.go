@@ -23,14 +23,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go-micro.dev/v6/client"
 	"go-micro.dev/v6/registry"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shippy/shippy/internal/composeenv"
-	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -421,29 +418,7 @@ func (s *faultStack) usersWithoutOneEvent(users map[string]string) ([]string, er
 
 // consumerIdle reports whether the email-services' JetStream consumer has
 // nothing left to deliver and nothing delivered but not yet acked.
-func (s *faultStack) consumerIdle() (bool, string, error) {
-	nc, err := nats.Connect(s.nats.URL(), nats.Timeout(2*time.Second))
-	if err != nil {
-		return false, "", err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return false, "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cons, err := js.Consumer(ctx, jsbroker.DefaultStream, jsbroker.ConsumerName(emailQueue, pb.TopicUserCreated))
-	if err != nil {
-		return false, "", err
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return false, "", err
-	}
-	state := fmt.Sprintf("pending %d, ack pending %d, redelivered %d", info.NumPending, info.NumAckPending, info.NumRedelivered)
-	return info.NumPending == 0 && info.NumAckPending == 0, state, nil
-}
+func (s *faultStack) consumerIdle() (bool, string, error) { return consumerIdleAt(s.nats.URL()) }
 
 // tally is the final count: per committed user, how many emails it got.
 type tally struct {
