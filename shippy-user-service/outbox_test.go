@@ -162,6 +162,27 @@ func waitStreamed(t *testing.T, natsURL string, ids []string) streamed {
 	}
 }
 
+// waitPublished polls until relays have counted want publishes between
+// them. A relay counts a batch only after its commit, so the outbox can show
+// no pending row a moment before the count catches up.
+func waitPublished(t *testing.T, want uint64, relays ...*outbox.Relay) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got uint64
+		for _, r := range relays {
+			got += r.Stats().Published
+		}
+		if got >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relays counted %d publishes after 30s; want %d", got, want)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+}
+
 // waitNoPending polls until the outbox has no pending row.
 func waitNoPending(t *testing.T, relay *outbox.Relay) {
 	t.Helper()
@@ -213,6 +234,7 @@ func TestCreateSucceedsWhileBrokerIsDown(t *testing.T) {
 			ns.Restart()
 			got := waitStreamed(t, ns.URL(), ids)
 			waitNoPending(t, svc.relay)
+			waitPublished(t, n+1, svc.relay)
 			if st := svc.relay.Stats(); st.Published != n+1 {
 				t.Errorf("relay stats = %+v; want %d published", st, n+1)
 			}
@@ -295,6 +317,7 @@ func TestTwoReplicasPublishEachEventOnce(t *testing.T) {
 
 	waitStreamed(t, ns.URL(), ids)
 	waitNoPending(t, replicas[0].relay)
+	waitPublished(t, n, replicas[0].relay, replicas[1].relay)
 	var published, duplicates uint64
 	for _, r := range replicas {
 		published += r.relay.Stats().Published
