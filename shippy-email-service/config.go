@@ -56,10 +56,16 @@ type Config struct {
 	// SendLease is EMAIL_SEND_LEASE (default 10s): how long a delivery that
 	// is sending an event's email keeps other deliveries of it waiting; the
 	// send may take half of it. On the JetStream broker it must be shorter
-	// than the broker's delay before a message's last delivery (15s), or a
-	// claim left by a replica that died could outlast the redeliveries and
-	// the event be dead-lettered unsent.
+	// than EMAIL_RETRY_BACKOFF's last delay, or a claim left by a replica
+	// that died could outlast the redeliveries and the event be
+	// dead-lettered unsent.
 	SendLease time.Duration
+	// RetryBackoff is EMAIL_RETRY_BACKOFF: on the JetStream broker, the
+	// delays before the 2nd, 3rd, ... delivery of an event whose email
+	// failed for a reason that may pass (mail server down, a 4xx, DNS); an
+	// event still failing after the last one is dead-lettered. Default
+	// defaultRetryBackoff; other brokers ignore it.
+	RetryBackoff []time.Duration
 	// SMTP is the SMTP mailer's configuration, from SMTP_URL and the
 	// variables that go with it; nil (SMTP_URL unset) means the logging
 	// mailer, which sends nothing.
@@ -74,14 +80,25 @@ const (
 	// defaultMetricsAddress is the ops server's port; the user-service's
 	// is 9091.
 	defaultMetricsAddress = ":9092"
+	// maxRetries bounds EMAIL_RETRY_BACKOFF's length.
+	maxRetries = 100
 )
+
+// defaultRetryBackoff gives a failing email 10 deliveries over about 14
+// minutes: a mail server restarting, or a name that does not resolve yet
+// (podman's DNS took 45s once in compose), delays the email instead of
+// dead-lettering it. Permanent failures (5xx) are dead-lettered at once.
+var defaultRetryBackoff = []time.Duration{
+	time.Second, 2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second,
+	time.Minute, 2 * time.Minute, 5 * time.Minute, 5 * time.Minute,
+}
 
 var bucketName = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // LoadConfig reads the configuration once; getenv is os.Getenv outside tests.
 func LoadConfig(getenv func(string) string) (Config, error) {
 	cfg := Config{LogLevel: slog.LevelInfo, Queue: defaultQueue, Concurrency: defaultConcurrency,
-		SentBucket: defaultSentBucket, SendLease: defaultSendLease}
+		SentBucket: defaultSentBucket, SendLease: defaultSendLease, RetryBackoff: defaultRetryBackoff}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := cfg.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return Config{}, fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", v)
@@ -122,16 +139,20 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		}
 		cfg.SendLease = d
 	}
+	if v := getenv("EMAIL_RETRY_BACKOFF"); v != "" {
+		if cfg.RetryBackoff, err = parseBackoff(v); err != nil {
+			return Config{}, fmt.Errorf("EMAIL_RETRY_BACKOFF=%q: %w", v, err)
+		}
+	}
 	micro, err := microenv.LoadEnv(getenv)
 	if err != nil {
 		return Config{}, err
 	}
 	cfg.Micro = micro
 	if micro.Broker == microenv.BrokerJetStream {
-		// MICRO_BROKER=jetstream builds the broker with its default retry
-		// schedule, which the lease must fit in (see defaultSendLease).
-		if limit := jsbroker.DefaultFinalRetryDelay; cfg.SendLease >= limit {
-			return Config{}, fmt.Errorf("EMAIL_SEND_LEASE=%s: want less than %s with MICRO_BROKER=jetstream (its delay before an event's last delivery), or an event claimed by a replica that died could be dead-lettered unsent", cfg.SendLease, limit)
+		// The lease must fit in the retry schedule (see defaultSendLease).
+		if limit := jsbroker.FinalRetryDelay(len(cfg.RetryBackoff)+1, cfg.RetryBackoff); cfg.SendLease >= limit {
+			return Config{}, fmt.Errorf("EMAIL_SEND_LEASE=%s: want less than %s, EMAIL_RETRY_BACKOFF's delay before an event's last delivery, or an event claimed by a replica that died could be dead-lettered unsent", cfg.SendLease, limit)
 		}
 		cfg.SentNATS = defaultNATSURL
 		if len(micro.BrokerAddrs) > 0 {
@@ -404,4 +425,21 @@ func loadSMTPConfig(getenv func(string) string, sendLease time.Duration) (*SMTPC
 		return nil, fmt.Errorf("MAIL_TEMPLATES_DIR=%q: %w", dir, err)
 	}
 	return c, nil
+}
+
+// parseBackoff reads a comma-separated list of positive durations.
+func parseBackoff(v string) ([]time.Duration, error) {
+	parts := strings.Split(v, ",")
+	if len(parts) > maxRetries {
+		return nil, fmt.Errorf("want at most %d delays", maxRetries)
+	}
+	out := make([]time.Duration, len(parts))
+	for i, p := range parts {
+		d, err := time.ParseDuration(strings.TrimSpace(p))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("want positive durations separated by commas, e.g. 1s,30s,5m")
+		}
+		out[i] = d
+	}
+	return out, nil
 }

@@ -65,9 +65,9 @@ var errSendInProgress = errors.New("welcome email for this event is being sent b
 // event away; the send gets half of it (5s). Deliveries that meet a live
 // claim fail with errSendInProgress and are redelivered on the broker's
 // backoff, each counting toward its dead-letter limit, so the lease must end
-// before the deliveries do: it must be shorter than the broker's delay before
-// the last delivery (jsbroker.DefaultFinalRetryDelay, 15s; LoadConfig refuses
-// a longer EMAIL_SEND_LEASE). It is also shorter than JetStream's ack wait
+// before the deliveries do: it must be shorter than the delay before the
+// last delivery (EMAIL_RETRY_BACKOFF's last, 5m by default; LoadConfig
+// refuses a longer EMAIL_SEND_LEASE). It is also shorter than JetStream's ack wait
 // (30s), so the redelivery of a message whose replica died mid-send finds
 // the lease over and sends at once.
 const defaultSendLease = 10 * time.Second

@@ -73,6 +73,9 @@ type faultEnv struct {
 	// log is what startService's handler, sent log and broker log to
 	// (discarded unless a test sets it).
 	log *slog.Logger
+	// retry is startService's EMAIL_RETRY_BACKOFF; nil is the broker's
+	// default schedule, which is quicker to dead-letter.
+	retry []time.Duration
 }
 
 // startFaultEnv starts an in-process NATS server, watches the dead-letter
@@ -128,7 +131,7 @@ func startFaultEnv(t *testing.T, m Mailer) *faultEnv {
 // wrap, if given, wraps its broker.
 func (env *faultEnv) startService(t *testing.T, m Mailer, wrap ...func(broker.Broker) broker.Broker) {
 	t.Helper()
-	h := NewHandler(newDedupMailer(m, env.sentLog, defaultSendLease, env.log), env.log)
+	h := NewHandler(newDedupMailer(m, env.sentLog, defaultSendLease, env.log), env.log).WithRetry(env.retry)
 	var b broker.Broker = jsbroker.NewBroker(broker.Addrs(env.url), jsbroker.Logger(env.log))
 	for _, w := range wrap {
 		b = w(b)
@@ -247,6 +250,33 @@ func TestFaultFailingMailer(t *testing.T) {
 // it held (errSendInProgress) and is redelivered. The broker must not run
 // out of deliveries before the lease ends: the event is sent once, after
 // the lease, and not dead-lettered.
+// A mail server down for longer than the broker's default schedule allows:
+// EMAIL_RETRY_BACKOFF's schedule keeps the event until the server is back,
+// and the email goes out once, with no dead letter.
+func TestFaultRetryScheduleOutlastsAnOutage(t *testing.T) {
+	t.Parallel()
+	const ms = time.Millisecond
+	m := &flakyMailer{failFirst: jsbroker.DefaultMaxDeliver + 1, flaky: set([]string{"slow-server"}), attempts: map[string]int{}, sent: map[string]int{}}
+	env := startFaultEnv(t, nil)
+	env.retry = []time.Duration{10 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms, 10 * ms}
+	env.startService(t, m)
+	env.publish(t, "slow-server")
+
+	if !poll(60*time.Second, func() bool { _, sent := m.counts("slow-server"); return sent == 1 }) {
+		attempts, _ := m.counts("slow-server")
+		t.Fatalf("no email after %d attempts; want one on attempt %d", attempts, m.failFirst+1)
+	}
+	env.waitAtRest(t, 60*time.Second)
+	if attempts, sent := m.counts("slow-server"); attempts != m.failFirst+1 || sent != 1 {
+		t.Errorf("%d attempts, %d emails; want %d attempts and 1 email", attempts, sent, m.failFirst+1)
+	}
+	select {
+	case dl := <-env.dead:
+		t.Errorf("dead letter %v; want none", dl.Header)
+	default:
+	}
+}
+
 func TestFaultClaimAbandonedByDeadReplica(t *testing.T) {
 	t.Parallel()
 	start := time.Now()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/requestid"
@@ -39,6 +40,8 @@ type Handler struct {
 	log    *slog.Logger
 	// concurrency is how many events Subscribe lets run at once.
 	concurrency int
+	// retry is the JetStream redelivery schedule; nil is the broker's.
+	retry []time.Duration
 }
 
 // NewHandler returns a Handler sending through mailer, defaultConcurrency
@@ -53,6 +56,13 @@ func (h *Handler) WithConcurrency(n int) *Handler {
 	if n > 0 {
 		h.concurrency = n
 	}
+	return h
+}
+
+// WithRetry sets the delays before each redelivery of an event whose email
+// failed (EMAIL_RETRY_BACKOFF, JetStream broker); nil keeps the broker's.
+func (h *Handler) WithRetry(backoff []time.Duration) *Handler {
+	h.retry = backoff
 	return h
 }
 
@@ -123,8 +133,12 @@ const defaultConcurrency = 8
 // that replicas sharing the queue handle each event once between them, up
 // to h's concurrency at a time per replica (JetStream broker).
 func Subscribe(srv server.Server, h *Handler, queue string) error {
-	conc := server.SubscriberContext(jsbroker.WithConcurrency(context.Background(), h.concurrency))
-	if err := srv.Subscribe(srv.NewSubscriber(pb.TopicUserCreated, h.Handle, server.SubscriberQueue(queue), conc)); err != nil {
+	ctx := jsbroker.WithConcurrency(context.Background(), h.concurrency)
+	if h.retry != nil {
+		ctx = jsbroker.WithRetry(ctx, h.retry...)
+	}
+	sub := srv.NewSubscriber(pb.TopicUserCreated, h.Handle, server.SubscriberQueue(queue), server.SubscriberContext(ctx))
+	if err := srv.Subscribe(sub); err != nil {
 		return fmt.Errorf("subscribe to %s: %w", pb.TopicUserCreated, err)
 	}
 	return nil

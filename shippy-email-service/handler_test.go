@@ -87,7 +87,8 @@ func TestLogMailerPrintsTheTutorialLine(t *testing.T) {
 
 func TestLoadConfig(t *testing.T) {
 	defaults := Config{LogLevel: slog.LevelInfo, LogFormat: servicelog.DefaultFormat(), MetricsAddress: ":9092",
-		Queue: "go.micro.srv.email", Concurrency: 8, SentBucket: "shippy_email_sent", SendLease: 10 * time.Second}
+		Queue: "go.micro.srv.email", Concurrency: 8, SentBucket: "shippy_email_sent", SendLease: 10 * time.Second,
+		RetryBackoff: defaultRetryBackoff}
 	// On jetstream the sent log is bounded: 7 days (the event stream's
 	// max age), 256 MiB.
 	sentLimits := func(c *Config) { c.SentMaxAge, c.SentMaxBytes = 7*24*time.Hour, 256<<20 }
@@ -111,9 +112,19 @@ func TestLoadConfig(t *testing.T) {
 			with(func(c *Config) { c.SentNATS = "nats://127.0.0.1:4222"; sentLimits(c) }), ""},
 		{"jetstream: shared log at the broker's addresses", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,n2:4222"},
 			with(func(c *Config) { c.SentNATS = "nats://n1:4222,n2:4222"; sentLimits(c) }), ""},
-		{"jetstream: lease within the broker's last redelivery delay", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "14s"},
-			with(func(c *Config) { c.SentNATS, c.SendLease = "nats://127.0.0.1:4222", 14*time.Second; sentLimits(c) }), ""},
-		{"jetstream: lease outlasting the redeliveries", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "15s"}, Config{}, "EMAIL_SEND_LEASE"},
+		{"jetstream: lease within the last redelivery delay", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "14s", "EMAIL_RETRY_BACKOFF": "1s, 2s,15s"},
+			with(func(c *Config) {
+				c.SentNATS, c.SendLease, c.RetryBackoff = "nats://127.0.0.1:4222", 14*time.Second, []time.Duration{time.Second, 2 * time.Second, 15 * time.Second}
+				sentLimits(c)
+			}), ""},
+		{"jetstream: lease outlasting the redeliveries", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "15s", "EMAIL_RETRY_BACKOFF": "1s,2s,15s"}, Config{}, "EMAIL_SEND_LEASE"},
+		{"jetstream: default schedule fits a long lease", map[string]string{"MICRO_BROKER": "jetstream", "EMAIL_SEND_LEASE": "4m"},
+			with(func(c *Config) { c.SentNATS, c.SendLease = "nats://127.0.0.1:4222", 4*time.Minute; sentLimits(c) }), ""},
+		{"retry backoff", map[string]string{"EMAIL_RETRY_BACKOFF": "500ms,1m"},
+			with(func(c *Config) { c.RetryBackoff = []time.Duration{500 * time.Millisecond, time.Minute} }), ""},
+		{"bad retry backoff", map[string]string{"EMAIL_RETRY_BACKOFF": "1s,soon"}, Config{}, "EMAIL_RETRY_BACKOFF"},
+		{"zero retry delay", map[string]string{"EMAIL_RETRY_BACKOFF": "1s,0s"}, Config{}, "EMAIL_RETRY_BACKOFF"},
+		{"empty retry delay", map[string]string{"EMAIL_RETRY_BACKOFF": "1s,"}, Config{}, "EMAIL_RETRY_BACKOFF"},
 		{"core nats: in memory", map[string]string{"MICRO_BROKER": "nats", "MICRO_BROKER_ADDRESS": "nats://n1:4222"}, defaults, ""},
 		{"bad broker address", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "http://n1:4222"}, Config{}, "MICRO_BROKER_ADDRESS"},
 		{"empty broker address in list", map[string]string{"MICRO_BROKER": "jetstream", "MICRO_BROKER_ADDRESS": "nats://n1:4222,"}, Config{}, "MICRO_BROKER_ADDRESS"},

@@ -46,7 +46,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer closeMailer()
-	handler := NewHandler(mailer, log).WithConcurrency(cfg.Concurrency)
+	handler := NewHandler(mailer, log).WithConcurrency(cfg.Concurrency).WithRetry(cfg.RetryBackoff)
 
 	plugins, err := cfg.Micro.Plugins(microenv.Logger(log))
 	if err != nil {

@@ -3,6 +3,7 @@ package jsbroker
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -110,6 +111,7 @@ type (
 	publishTimeoutKey   struct{}
 	pullBatchKey        struct{}
 	concurrencyKey      struct{}
+	retryKey            struct{}
 	reconnectWaitKey    struct{}
 	natsOptionsKey      struct{}
 	loggerKey           struct{}
@@ -211,6 +213,27 @@ func concurrencyFrom(ctx context.Context, def int) int {
 		return min(v, MaxConcurrency)
 	}
 	return def
+}
+
+// WithRetry returns ctx carrying a subscription's own redelivery schedule,
+// for broker.SubscribeContext or go-micro's server.SubscriberContext: after
+// the n-th failed delivery the message comes back after backoff[n-1], and it
+// is dead-lettered when the delivery after the last delay fails too, so it
+// is delivered at most len(backoff)+1 times. Without it the subscription
+// uses the broker's MaxDeliver and Backoff.
+func WithRetry(ctx context.Context, backoff ...time.Duration) context.Context {
+	return context.WithValue(ctx, retryKey{}, slices.Clone(backoff))
+}
+
+// retryFrom applies ctx's WithRetry schedule, if any, to c.
+func retryFrom(ctx context.Context, c config) config {
+	if ctx == nil {
+		return c
+	}
+	if v, ok := ctx.Value(retryKey{}).([]time.Duration); ok && len(v) > 0 {
+		c.backoff, c.maxDeliver = v, len(v)+1
+	}
+	return c
 }
 
 // ReconnectWait is the pause between reconnect attempts (default 1s, with jitter).

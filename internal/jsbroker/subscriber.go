@@ -85,6 +85,7 @@ func (b *Broker) Subscribe(topic string, handler broker.Handler, opts ...broker.
 	if nc == nil || js == nil {
 		return nil, fmt.Errorf("subscribe %s: %w", topic, ErrNotConnected)
 	}
+	cfg = retryFrom(so.Context, cfg)
 	s := &subscriber{b: b, topic: topic, opts: so, handler: handler, cfg: cfg, js: js}
 	cc := jetstream.ConsumerConfig{
 		FilterSubject: cfg.subjectPrefix + "." + topic,
