@@ -167,9 +167,9 @@ func TestClusterFailover(t *testing.T) {
 	// The replicas that ran throughout still consume: with the one started
 	// later stopped, they alone must deliver another 20 users' emails.
 	// Those whose pull was waiting at a consumer leader that died get
-	// nothing until nats.go misses two heartbeats and pulls again, 30 s
-	// after the kill with its defaults (their "jetstream consume" warnings
-	// are logged below).
+	// nothing until nats.go misses two heartbeats and pulls again, about
+	// 5 s after the kill with jsbroker's pull expiry (their "jetstream
+	// consume" warnings are logged below).
 	last := s.emails[len(s.emails)-1]
 	last.stop(t, syscall.SIGTERM, exitDeadline)
 	extraStart := time.Now()

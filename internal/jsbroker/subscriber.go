@@ -20,6 +20,13 @@ import (
 	"github.com/shippy/shippy/internal/requestid"
 )
 
+// pullExpiry is how long one pull request waits at the server. nats.go
+// sends heartbeats at half of it and pulls anew after two go missing, so
+// when the server leading the consumer dies, pulling resumes on the new
+// leader after about this long (30 s with nats.go's default) instead of
+// welcome emails waiting; the cost is one pull request per 5 s when idle.
+const pullExpiry = 5 * time.Second
+
 // ephemeralInactive is how long the server keeps the consumer of a
 // subscription without a queue after its subscriber went away.
 const ephemeralInactive = 5 * time.Minute
@@ -132,6 +139,7 @@ func (s *subscriber) consume(ctx context.Context) error {
 	// The pull keeps every handler slot fed, and a batch more in flight.
 	cc, err := cons.Consume(s.dispatch,
 		jetstream.PullMaxMessages(max(s.cfg.pullBatch, 2*cap(s.slots))),
+		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(s.consumeError))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", s.consumer, err)
