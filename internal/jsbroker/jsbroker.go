@@ -203,7 +203,8 @@ func (b *Broker) DeadLetterSubject(topic string) string {
 }
 
 // Connect connects to the server and creates or updates the event stream and
-// the dead-letter stream. The connection then reconnects forever.
+// the dead-letter stream, retrying for up to StartTimeout while JetStream
+// does not answer yet. The connection then reconnects forever.
 func (b *Broker) Connect() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -232,9 +233,9 @@ func (b *Broker) Connect() error {
 		nc.Close()
 		return fmt.Errorf("jetstream context: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.publishTimeout)
-	defer cancel()
-	if err := b.ensureStreams(ctx, js); err != nil {
+	err = RetryStart(context.Background(), log, "create streams", b.cfg.startTimeout, b.cfg.publishTimeout,
+		func(ctx context.Context) error { return b.ensureStreams(ctx, js) })
+	if err != nil {
 		nc.Close()
 		return err
 	}

@@ -34,6 +34,9 @@ const (
 	DefaultConcurrency   = 1
 	MaxConcurrency       = 1024
 	DefaultReconnectWait = time.Second
+	// DefaultStartTimeout is how long Connect waits for a JetStream that
+	// does not answer yet: a new cluster electing its leaders takes seconds.
+	DefaultStartTimeout = 30 * time.Second
 )
 
 // DefaultBackoff is the delay before the 1st, 2nd, ... redelivery of a message
@@ -88,6 +91,7 @@ type config struct {
 	updateStreams    bool
 	duplicateWindow  time.Duration
 	publishTimeout   time.Duration
+	startTimeout     time.Duration
 	pullBatch        int
 	concurrency      int
 	reconnectWait    time.Duration
@@ -109,6 +113,7 @@ type (
 	updateStreamsKey    struct{}
 	duplicateWindowKey  struct{}
 	publishTimeoutKey   struct{}
+	startTimeoutKey     struct{}
 	pullBatchKey        struct{}
 	concurrencyKey      struct{}
 	retryKey            struct{}
@@ -186,6 +191,11 @@ func DuplicateWindow(d time.Duration) broker.Option { return setOption(duplicate
 // context has no earlier deadline (default 5s).
 func PublishTimeout(d time.Duration) broker.Option { return setOption(publishTimeoutKey{}, d) }
 
+// StartTimeout bounds how long Connect retries while JetStream does not
+// answer, or answers that the cluster is not available yet (default
+// DefaultStartTimeout).
+func StartTimeout(d time.Duration) broker.Option { return setOption(startTimeoutKey{}, d) }
+
 // PullBatch is how many messages a subscriber pulls ahead; small keeps the
 // replicas of a queue group evenly loaded (default 16).
 func PullBatch(n int) broker.Option { return setOption(pullBatchKey{}, n) }
@@ -260,6 +270,7 @@ func configFrom(ctx context.Context) config {
 		updateStreams:    true,
 		duplicateWindow:  DefaultDuplicateWindow,
 		publishTimeout:   DefaultPublishTimeout,
+		startTimeout:     DefaultStartTimeout,
 		pullBatch:        DefaultPullBatch,
 		concurrency:      DefaultConcurrency,
 		reconnectWait:    DefaultReconnectWait,
@@ -306,6 +317,9 @@ func configFrom(ctx context.Context) config {
 	}
 	if v, ok := ctx.Value(publishTimeoutKey{}).(time.Duration); ok && v > 0 {
 		c.publishTimeout = v
+	}
+	if v, ok := ctx.Value(startTimeoutKey{}).(time.Duration); ok && v > 0 {
+		c.startTimeout = v
 	}
 	if v, ok := ctx.Value(pullBatchKey{}).(int); ok && v > 0 {
 		c.pullBatch = v
