@@ -119,9 +119,7 @@ func (b *Broker) Subscribe(topic string, handler broker.Handler, opts ...broker.
 	s.config = cc
 	s.done = make(chan struct{})
 
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.publishTimeout)
-	defer cancel()
-	if err := s.consume(ctx); err != nil {
+	if err := RetryStart(context.Background(), s.log, "create consumer", cfg.startTimeout, cfg.publishTimeout, s.consume); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
 	}
 	b.mu.Lock()
