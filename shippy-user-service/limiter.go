@@ -148,7 +148,10 @@ func emailCallerKey(email, caller string) string { return caller + "|" + email }
 // takeSQL counts one attempt under (scope, key) unless the key is waiting,
 // and sets the wait the next attempt faces. It returns a row when the
 // attempt is counted and none when the key is waiting (the update's WHERE
-// fails). The new back-off is
+// fails). A key without back-off never waits: its blocked_until_ms is the
+// last attempt's time, which an attempt timed a moment earlier (another
+// goroutine, a replica whose clock is behind) would otherwise take for a
+// wait. The new back-off is
 //   - @first when the old failures are forgotten (older than the window);
 //   - 0 while the failures stay under @max;
 //   - @base at the @max-th failure;
@@ -163,7 +166,7 @@ ON CONFLICT (scope, attempt_key) DO UPDATE SET
 	backoff_ms = ` + backoffSQL + `,
 	last_attempt_ms = CAST(@now AS BIGINT),
 	blocked_until_ms = CAST(@now AS BIGINT) + ` + backoffSQL + `
-WHERE auth_attempts.blocked_until_ms <= @now
+WHERE auth_attempts.blocked_until_ms <= @now OR auth_attempts.backoff_ms = 0
 RETURNING failures`
 
 const backoffSQL = `(CASE
