@@ -106,7 +106,7 @@ func startFaultEnv(t *testing.T, m Mailer) *faultEnv {
 		t.Fatal(err)
 	}
 
-	sentLog, closeLog, err := dialKVSentLog(ctx, ns.URL(), kvBucket{Name: defaultSentBucket}, defaultSendLease)
+	sentLog, closeLog, err := dialKVSentLog(ctx, discardLog, ns.URL(), kvBucket{Name: defaultSentBucket}, defaultSendLease)
 	if err != nil {
 		t.Fatalf("sent log: %v", err)
 	}

@@ -98,7 +98,7 @@ func newMailer(ctx context.Context, cfg Config, log *slog.Logger, ops *emailOps)
 	}
 	bucket := kvBucket{Name: cfg.SentBucket, MaxAge: cfg.SentMaxAge, MaxBytes: cfg.SentMaxBytes, Replicas: cfg.Micro.JetStream.Replicas}
 	nopts := append(natslog.Options(log.With("component", "sent-log")), cfg.Micro.NATSOptions()...)
-	sent, closeNATS, err := dialKVSentLog(ctx, cfg.SentNATS, bucket, cfg.SendLease, nopts...)
+	sent, closeNATS, err := dialKVSentLog(ctx, log, cfg.SentNATS, bucket, cfg.SendLease, nopts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sent log: %w", err)
 	}

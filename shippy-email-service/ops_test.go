@@ -83,7 +83,7 @@ func TestOpsServerOnJetStream(t *testing.T) {
 	ops := newEmailOps(discardLog)
 	ops.server.SetCheckTimeout(500 * time.Millisecond)
 
-	sent, closeLog, err := dialKVSentLog(ctx, ns.URL(), kvBucket{Name: defaultSentBucket}, defaultSendLease, nats.ReconnectWait(50*time.Millisecond))
+	sent, closeLog, err := dialKVSentLog(ctx, discardLog, ns.URL(), kvBucket{Name: defaultSentBucket}, defaultSendLease, nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatalf("sent log: %v", err)
 	}
@@ -182,7 +182,7 @@ func TestKVSentLogAtItsByteLimit(t *testing.T) {
 	ns := natstest.Start(t)
 	ctx := context.Background()
 	const limit = 1 << 20
-	sent, closeLog, err := dialKVSentLog(ctx, ns.URL(), kvBucket{Name: "full", MaxAge: time.Hour, MaxBytes: limit, Replicas: 1}, testLease)
+	sent, closeLog, err := dialKVSentLog(ctx, discardLog, ns.URL(), kvBucket{Name: "full", MaxAge: time.Hour, MaxBytes: limit, Replicas: 1}, testLease)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/shippy/shippy/internal/jsbroker"
 )
 
 // kvBucket is the sent log's key-value bucket and how it is stored. A zero
@@ -69,9 +71,10 @@ func newKVSentLog(ctx context.Context, js jetstream.JetStream, b kvBucket, lease
 }
 
 // dialKVSentLog connects to NATS at urls (comma-separated) with opts (the
-// program's credentials, its logging) and opens the bucket; close ends the
-// connection.
-func dialKVSentLog(ctx context.Context, urls string, b kvBucket, lease time.Duration, opts ...nats.Option) (*kvSentLog, func(), error) {
+// program's credentials, its logging) and opens the bucket, waiting up to
+// jsbroker.DefaultStartTimeout for a JetStream that does not answer yet (a
+// cluster electing its leaders); close ends the connection.
+func dialKVSentLog(ctx context.Context, log *slog.Logger, urls string, b kvBucket, lease time.Duration, opts ...nats.Option) (*kvSentLog, func(), error) {
 	nc, err := nats.Connect(urls, append([]nats.Option{nats.Name(serviceName + " sent-log"), nats.MaxReconnects(-1)}, opts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to nats %s: %w", urls, err)
@@ -81,7 +84,12 @@ func dialKVSentLog(ctx context.Context, urls string, b kvBucket, lease time.Dura
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
-	sent, err := newKVSentLog(ctx, js, b, lease)
+	var sent *kvSentLog
+	err = jsbroker.RetryStart(ctx, log, "create bucket "+b.Name, jsbroker.DefaultStartTimeout, jsbroker.DefaultPublishTimeout,
+		func(ctx context.Context) (err error) {
+			sent, err = newKVSentLog(ctx, js, b, lease)
+			return err
+		})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

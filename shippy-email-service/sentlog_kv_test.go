@@ -15,7 +15,7 @@ func openKVSentLog(t *testing.T, url, bucket string) *kvSentLog {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, closeNATS, err := dialKVSentLog(ctx, url, kvBucket{Name: bucket}, testLease)
+	s, closeNATS, err := dialKVSentLog(ctx, discardLog, url, kvBucket{Name: bucket}, testLease)
 	if err != nil {
 		t.Fatalf("dialKVSentLog(%s, %s) = %v; want nil", url, bucket, err)
 	}
