@@ -33,6 +33,7 @@ import (
 
 	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/pgtest"
 	pb "github.com/shippy/shippy/proto/user"
@@ -468,7 +469,7 @@ cluster { name: "shippy-e2e", listen: "127.0.0.1:%d", routes: [%s] }
 // start runs the node's nats-server and waits until it accepts clients.
 func (nd *natsNode) start(t *testing.T) {
 	t.Helper()
-	p := &process{name: nd.name, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &process{name: nd.name, stdout: &logbuf.Buffer{}, stderr: &logbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(natsServerBinary(t), "-c", nd.conf)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {

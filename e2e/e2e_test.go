@@ -22,6 +22,7 @@ import (
 
 	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -216,13 +217,13 @@ func (st *stack) cli(t *testing.T, wantCode int, args ...string) string {
 type process struct {
 	name           string
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *logbuf.Buffer
 	exited         chan struct{}
 }
 
 func startProcess(t *testing.T, name string, env []string) *process {
 	t.Helper()
-	p := &process{name: name, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &process{name: name, stdout: &logbuf.Buffer{}, stderr: &logbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(bin, name))
 	p.cmd.Env = env
 	p.cmd.Dir = t.TempDir()
@@ -353,23 +354,6 @@ func jwtPayload(t *testing.T, token string) string {
 		t.Fatalf("decode JWT payload: %v", err)
 	}
 	return string(b)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func randomSuffix(t *testing.T) string {

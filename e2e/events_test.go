@@ -22,6 +22,7 @@ import (
 	"go-micro.dev/v6/registry"
 
 	"github.com/shippy/shippy/internal/composeenv"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -166,12 +167,12 @@ func TestEventsTailAndDeadLetterReplay(t *testing.T) {
 // cliProcess is a long-running shippy-user-cli (events tail).
 type cliProcess struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *logbuf.Buffer
 }
 
 func startCLIProcess(t *testing.T, env []string, args ...string) *cliProcess {
 	t.Helper()
-	p := &cliProcess{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	p := &cliProcess{stdout: &logbuf.Buffer{}, stderr: &logbuf.Buffer{}}
 	p.cmd = exec.Command(filepath.Join(bin, "shippy-user-cli"), args...)
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr

@@ -19,6 +19,7 @@ import (
 	"go-micro.dev/v6/registry"
 
 	"github.com/shippy/shippy/internal/composeenv"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -145,7 +146,7 @@ func TestGoMicroCallAndAPI(t *testing.T) {
 	l.Close()
 	api := exec.Command(micro, "api", "--address", apiAddr)
 	api.Env = env
-	var apiLog syncBuffer
+	var apiLog logbuf.Buffer
 	api.Stdout, api.Stderr = &apiLog, &apiLog
 	if err := api.Start(); err != nil {
 		t.Fatal(err)

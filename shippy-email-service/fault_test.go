@@ -26,6 +26,7 @@ import (
 
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -166,7 +167,7 @@ func (env *faultEnv) waitAtRest(t *testing.T, within time.Duration) {
 		t.Fatalf("email consumer: %v", err)
 	}
 	var state string
-	if !poll(within, func() bool {
+	if !poll.For(within, func() bool {
 		info, err := cons.Info(ctx)
 		if err != nil {
 			state = err.Error()
@@ -262,7 +263,7 @@ func TestFaultRetryScheduleOutlastsAnOutage(t *testing.T) {
 	env.startService(t, m)
 	env.publish(t, "slow-server")
 
-	if !poll(60*time.Second, func() bool { _, sent := m.counts("slow-server"); return sent == 1 }) {
+	if !poll.For(60*time.Second, func() bool { _, sent := m.counts("slow-server"); return sent == 1 }) {
 		attempts, _ := m.counts("slow-server")
 		t.Fatalf("no email after %d attempts; want one on attempt %d", attempts, m.failFirst+1)
 	}
@@ -292,7 +293,7 @@ func TestFaultClaimAbandonedByDeadReplica(t *testing.T) {
 
 	// Bounded by the lease plus the whole retry schedule, with room.
 	within := defaultSendLease + 60*time.Second
-	if !poll(within, func() bool { return len(tl.sends(id)) > 0 || len(env.dead) > 0 }) {
+	if !poll.For(within, func() bool { return len(tl.sends(id)) > 0 || len(env.dead) > 0 }) {
 		t.Fatalf("event %s neither sent nor dead-lettered within %s", id, within)
 	}
 	select {

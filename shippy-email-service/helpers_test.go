@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"go-micro.dev/v6/broker"
@@ -89,24 +88,5 @@ func (tl *tally) replicaSaw(replica, prefix string) bool {
 	return false
 }
 
-// poll returns true as soon as cond holds, false when d has passed.
-func poll(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// waitFor fails the test if cond does not hold within 10 seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if !poll(10*time.Second, cond) {
-		t.Fatalf("timed out after 10s waiting for %s", what)
-	}
-}
+// waitLimit bounds each poll.Until in this package: a deadline, not a delay.
+const waitLimit = 10 * time.Second

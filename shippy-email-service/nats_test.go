@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 	pb "github.com/shippy/shippy/proto/user"
 	"go-micro.dev/v6"
 	"go-micro.dev/v6/broker"
@@ -113,7 +114,7 @@ func markUntilEachReplicaSaw(t *testing.T, u *userService, tl *tally, prefix str
 		u.publishProto(t, event(id))
 		// Before the subscriptions exist a marker is lost: stop waiting for
 		// it after a short while and send another.
-		poll(200*time.Millisecond, func() bool { return len(tl.sends(id)) > 0 })
+		poll.For(200*time.Millisecond, func() bool { return len(tl.sends(id)) > 0 })
 	}
 }
 
@@ -158,7 +159,7 @@ func TestNATSTwoReplicasShareTheWork(t *testing.T) {
 			u.publishJSON(t, ev)
 		}
 	}
-	waitFor(t, fmt.Sprintf("%d sends", n), func() bool { return tl.total("user-") >= n })
+	poll.Until(t, fmt.Sprintf("%d sends", n), waitLimit, func() bool { return tl.total("user-") >= n })
 	markUntilEachReplicaSaw(t, u, tl, "done-", "email-1", "email-2")
 
 	if got := tl.total("user-"); got != n {
@@ -195,7 +196,7 @@ func TestNATSRedeliveredEventsSendOnceAcrossReplicas(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, fmt.Sprintf("%d sends", n), func() bool { return tl.total("user-") >= n })
+	poll.Until(t, fmt.Sprintf("%d sends", n), waitLimit, func() bool { return tl.total("user-") >= n })
 	markUntilEachReplicaSaw(t, u, tl, "done-", "email-1", "email-2")
 
 	for i := 0; i < n; i++ {

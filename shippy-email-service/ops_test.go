@@ -17,6 +17,7 @@ import (
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/opshttp/opstest"
+	"github.com/shippy/shippy/internal/poll"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -140,7 +141,7 @@ func TestOpsServerOnJetStream(t *testing.T) {
 		`shippy_emails_failed_total{kind="made_up_label"}`: -1, // absent
 	}
 	var body string
-	waitFor(t, "the dead letter counted", func() bool {
+	poll.Until(t, "the dead letter counted", waitLimit, func() bool {
 		body = opstest.Scrape(t, addr)
 		v, _ := opstest.Value(body, "shippy_dead_letters_total")
 		return v == 1
@@ -160,7 +161,7 @@ func TestOpsServerOnJetStream(t *testing.T) {
 
 	// NATS goes away: not ready, naming both; still alive.
 	ns.Stop()
-	waitFor(t, "/readyz to fail", func() bool {
+	poll.Until(t, "/readyz to fail", waitLimit, func() bool {
 		code, body := opstest.Get(t, addr, "/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, `"broker":"not connected"`) && strings.Contains(body, `"sent_log"`)
 	})
@@ -168,7 +169,7 @@ func TestOpsServerOnJetStream(t *testing.T) {
 		t.Errorf("/healthz with NATS down = %d; want 200", code)
 	}
 	ns.Restart()
-	waitFor(t, "/readyz back to 200", func() bool {
+	poll.Until(t, "/readyz back to 200", waitLimit, func() bool {
 		code, _ := opstest.Get(t, addr, "/readyz")
 		return code == http.StatusOK
 	})

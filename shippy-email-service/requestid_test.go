@@ -11,6 +11,7 @@ import (
 	"go-micro.dev/v6/client"
 
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/poll"
 	"github.com/shippy/shippy/internal/requestid"
 	"github.com/shippy/shippy/internal/servicelog"
 	pb "github.com/shippy/shippy/proto/user"
@@ -70,7 +71,7 @@ func TestRequestIDFollowedToTheEmail(t *testing.T) {
 	env.publishWithRequestID(t, "ev-refused", refusedRID)
 
 	var dead string
-	waitFor(t, "two emails and the dead letter", func() bool {
+	poll.Until(t, "two emails and the dead letter", waitLimit, func() bool {
 		select {
 		case dl := <-env.dead:
 			dead = dl.Header.Get(requestid.Header)

@@ -4,11 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // An email-service started while its NATS cluster has no quorum waits for
@@ -19,15 +20,8 @@ func TestKVSentLogWaitsForAClusterWithoutQuorum(t *testing.T) {
 	for _, s := range c.Servers[1:] {
 		s.Stop()
 	}
-	var (
-		mu   sync.Mutex
-		logs strings.Builder
-	)
-	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return logs.Write(p)
-	}), nil))
+	logs := &logbuf.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
 	type opened struct {
 		sent  *kvSentLog
 		close func()
@@ -40,9 +34,7 @@ func TestKVSentLogWaitsForAClusterWithoutQuorum(t *testing.T) {
 		done <- opened{s, closeNATS, err}
 	}()
 
-	waitFor(t, "the bucket's creation to be retried", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+	poll.Until(t, "the bucket's creation to be retried", waitLimit, func() bool {
 		return strings.Contains(logs.String(), "JetStream not ready; retrying")
 	})
 	select {
@@ -66,7 +58,3 @@ func TestKVSentLogWaitsForAClusterWithoutQuorum(t *testing.T) {
 		t.Fatal("dialKVSentLog did not return within 2 min of the cluster getting quorum")
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

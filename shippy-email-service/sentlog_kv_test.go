@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // openKVSentLog opens bucket on its own connection, as a replica does.
@@ -40,7 +41,7 @@ func TestKVSentLogSurvivesRestart(t *testing.T) {
 	if err := after.Send(context.Background(), welcome("ev-1")); err != nil {
 		t.Fatalf("Send(ev-1) after restart = %v; want nil", err)
 	}
-	waitFor(t, "the first replica's connection to come back", func() bool {
+	poll.Until(t, "the first replica's connection to come back", waitLimit, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		return before.Send(ctx, welcome("ev-1")) == nil

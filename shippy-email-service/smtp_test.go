@@ -22,6 +22,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/shippy/shippy/internal/poll"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -429,7 +430,7 @@ func TestSMTPTemporaryFailureIsRetriedAndSentOnce(t *testing.T) {
 
 	const id = "ev-451-then-ok"
 	env.publish(t, id)
-	waitFor(t, "the email", func() bool { return len(sink.received()) > 0 })
+	poll.Until(t, "the email", waitLimit, func() bool { return len(sink.received()) > 0 })
 	env.waitAtRest(t, 60*time.Second)
 
 	if n := len(sink.received()); n != 1 {
@@ -479,7 +480,7 @@ func TestSMTPPermanentFailureIsDeadLetteredAtOnce(t *testing.T) {
 	}
 	subject := "shippy.deadletter.user.created"
 	var reason, deliveries, eventID string
-	waitFor(t, "the dead letter in the stream", func() bool {
+	poll.Until(t, "the dead letter in the stream", waitLimit, func() bool {
 		m, err := dlq.GetLastMsgForSubject(ctx, subject)
 		if err != nil {
 			return false

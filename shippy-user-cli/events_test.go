@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 	pb "github.com/shippy/shippy/proto/user"
 )
@@ -70,12 +71,12 @@ func publishUser(t *testing.T, b *jsbroker.Broker, ev *pb.UserCreated) {
 // eventsRun runs the CLI in this process with env as its environment.
 type eventsRun struct {
 	code           int
-	stdout, stderr *lockedBuffer
+	stdout, stderr *logbuf.Buffer
 	done           chan struct{}
 }
 
 func startEventsCLI(ctx context.Context, env map[string]string, args ...string) *eventsRun {
-	r := &eventsRun{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	r := &eventsRun{stdout: &logbuf.Buffer{}, stderr: &logbuf.Buffer{}, done: make(chan struct{})}
 	a := &app{stdout: r.stdout, stderr: r.stderr, getenv: func(k string) string { return env[k] },
 		connect: func() (pb.UserService, error) { return nil, errors.New("events must not call the user-service") }}
 	go func() {
@@ -101,7 +102,7 @@ func opsEnv(url string) map[string]string {
 	}
 }
 
-func waitOutput(t *testing.T, what string, buf *lockedBuffer, want string) {
+func waitOutput(t *testing.T, what string, buf *logbuf.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(buf.String(), want) {

@@ -22,6 +22,7 @@ import (
 	"go-micro.dev/v6/registry"
 
 	"github.com/shippy/shippy/internal/composeenv"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natsregistry"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -76,24 +77,6 @@ func cleanEnv(extra ...string) []string {
 	return append(composeenv.Environ(nil), extra...)
 }
 
-// lockedBuffer collects a child's output while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startService runs the user-service binary against natsURL and a fresh
 // database and returns once it is in the registry. It is stopped with
 // SIGINT when the test ends; its log is printed if the test failed.
@@ -109,7 +92,7 @@ func startService(t *testing.T, bin, natsURL string) {
 		"BCRYPT_COST=4",
 		"ADMIN_EMAILS="+adminEmail,
 	)
-	var logs lockedBuffer
+	var logs logbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
@@ -134,7 +117,7 @@ func startService(t *testing.T, bin, natsURL string) {
 
 // waitRegistered polls the registry directly, as the CLI's client would
 // cache a miss for 5 s.
-func waitRegistered(t *testing.T, natsURL string, exited <-chan error, logs *lockedBuffer) {
+func waitRegistered(t *testing.T, natsURL string, exited <-chan error, logs *logbuf.Buffer) {
 	t.Helper()
 	reg := natsregistry.New([]registry.Option{registry.Addrs(natsURL)})
 	deadline := time.Now().Add(60 * time.Second)

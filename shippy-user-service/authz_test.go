@@ -15,6 +15,7 @@ import (
 	"go-micro.dev/v6/registry"
 	"go-micro.dev/v6/transport"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/tokenauth"
 	pb "github.com/shippy/shippy/proto/user"
@@ -132,7 +133,7 @@ func TestReadsNeedAToken(t *testing.T) {
 // creates it first becomes an admin.
 func TestWarnAdminsWithoutAccount(t *testing.T) {
 	store := &fakeStore{users: []User{{ID: "1", Email: "root@example.com"}}}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	warnAdminsWithoutAccount(context.Background(), store, []string{"root@example.com", "new@example.com"},
 		slog.New(slog.NewJSONHandler(logs, nil)))
 	if out := logs.String(); strings.Count(out, "\n") != 1 || !strings.Contains(out, "new@example.com") {

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"regexp"
@@ -21,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/tokenauth"
 	pb "github.com/shippy/shippy/proto/user"
 )
@@ -135,31 +134,13 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type testHandler struct {
 	*handler
 	store  *fakeStore
 	hasher *countingHasher
 	notify *countingNotifier
 	clock  *fakeClock
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 }
 
 const testSecret = "0123456789abcdef0123456789abcdef-test"
@@ -186,7 +167,7 @@ func newTestHandler(t testing.TB) *testHandler {
 		hasher: &countingHasher{},
 		notify: &countingNotifier{},
 		clock:  &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
-		logs:   &syncBuffer{},
+		logs:   &logbuf.Buffer{},
 	}
 	log := slog.New(slog.NewJSONHandler(th.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	// The throttle's table lives in the users' database; here an SQLite
@@ -710,5 +691,3 @@ func TestAuthLimiterHoldsUnderParallelAttempts(t *testing.T) {
 		t.Errorf("%d parallel wrong-password Auth calls did %d bcrypt comparisons; want at most %d", callers, n, max)
 	}
 }
-
-var _ io.Writer = (*syncBuffer)(nil)

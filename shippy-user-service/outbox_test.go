@@ -18,9 +18,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/outbox"
 	"github.com/shippy/shippy/internal/pgtest"
+	"github.com/shippy/shippy/internal/poll"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -58,21 +60,14 @@ func startJetStreamService(t *testing.T, store *Store, natsURL string, log *slog
 // waitNodes polls reg until serviceName has n nodes.
 func waitNodes(t *testing.T, reg registry.Registry, n int) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	poll.Until(t, fmt.Sprintf("%s to have %d nodes", serviceName, n), 15*time.Second, func() bool {
 		svcs, _ := reg.GetService(serviceName)
 		got := 0
 		for _, s := range svcs {
 			got += len(s.Nodes)
 		}
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s has %d nodes after 15s; want %d", serviceName, got, n)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval
-	}
+		return got == n
+	})
 }
 
 // streamed is what the JetStream stream holds for user.created: how many
@@ -167,36 +162,22 @@ func waitStreamed(t *testing.T, natsURL string, ids []string) streamed {
 // no pending row a moment before the count catches up.
 func waitPublished(t *testing.T, want uint64, relays ...*outbox.Relay) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Until(t, fmt.Sprintf("the relays to count %d publishes", want), 30*time.Second, func() bool {
 		var got uint64
 		for _, r := range relays {
 			got += r.Stats().Published
 		}
-		if got >= want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("relays counted %d publishes after 30s; want %d", got, want)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval
-	}
+		return got >= want
+	})
 }
 
 // waitNoPending polls until the outbox has no pending row.
 func waitNoPending(t *testing.T, relay *outbox.Relay) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	poll.Until(t, "an outbox with no pending event", 30*time.Second, func() bool {
 		n, err := relay.Pending(context.Background())
-		if err == nil && n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outbox has %d pending events after 30s (%v); want 0", n, err)
-		}
-		time.Sleep(50 * time.Millisecond) // poll interval
-	}
+		return err == nil && n == 0
+	})
 }
 
 func createUser(t *testing.T, users pb.UserService, i int) string {
@@ -253,7 +234,7 @@ func TestStopWhileBrokerIsDownLosesNothing(t *testing.T) {
 			t.Parallel()
 			ns := natstest.Start(t)
 			store := b.open(t)
-			logs := &syncBuffer{}
+			logs := &logbuf.Buffer{}
 			first := startJetStreamService(t, store, ns.URL(), slog.New(slog.NewJSONHandler(logs, nil)))
 
 			ns.Stop()

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/outbox"
 	"github.com/shippy/shippy/internal/requestid"
@@ -48,7 +49,7 @@ func (ls logLines) with(msg string) logLines {
 func TestRequestIDInLogsAndOutbox(t *testing.T) {
 	natsURL := natstest.Start(t).URL()
 	store := openTestStore(t, Config{Driver: driverSQLite, DSN: t.TempDir() + "/u.db"})
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	log := servicelog.New(logs, servicelog.JSON, slog.LevelDebug, serviceName)
 	startUserService(t, testCfg(codecProto), store, natsURL, log)
 	users := newUserClient(natsURL)

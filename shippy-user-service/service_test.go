@@ -22,6 +22,7 @@ import (
 	"go-micro.dev/v6/transport"
 
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/microenv"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/requestid"
@@ -142,7 +143,7 @@ func TestServiceThroughGeneratedClient(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			store := b.open(t)
 			natsURL := natstest.Start(t).URL()
-			logs := &syncBuffer{}
+			logs := &logbuf.Buffer{}
 			startUserService(t, testCfg(codecProto), store, natsURL,
 				slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 			users := newUserClient(natsURL)

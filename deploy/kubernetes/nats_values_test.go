@@ -32,6 +32,7 @@ import (
 
 	"github.com/shippy/shippy/internal/jsbroker"
 	"github.com/shippy/shippy/internal/microenv"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // valuesKeys are the key paths of nats-values.yaml this repository relies on
@@ -476,7 +477,8 @@ func TestNATSPermissions(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("email-service received no event")
 		}
-		waitFor(t, ctx, "the failing event is dead-lettered", func() bool { return sub.Stats().DeadLettered == 1 })
+		deadline, _ := ctx.Deadline()
+		poll.Until(t, "the failing event is dead-lettered", time.Until(deadline), func() bool { return sub.Stats().DeadLettered == 1 })
 		if st := sub.Stats(); st.DeadLetterErrs != 0 || st.Acked != 1 {
 			t.Errorf("email-service broker stats = %+v; want 1 acked, 0 dead-letter errors", st)
 		}
@@ -709,16 +711,5 @@ func kvOps(t *testing.T, ctx context.Context, nc *nats.Conn) {
 	}
 	if err := kv.Delete(ctx, "event-1", jetstream.LastRevision(rev)); err != nil {
 		t.Errorf("email-service: kv.Delete() = %v; want nil", err)
-	}
-}
-
-func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting until %s", what)
-		case <-time.After(20 * time.Millisecond):
-		}
 	}
 }

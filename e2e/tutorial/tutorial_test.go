@@ -34,6 +34,7 @@ import (
 	pb "github.com/shippy/shippy/e2e/tutorial/testdata/tutorialpb"
 	"github.com/shippy/shippy/internal/composeenv"
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 )
 
@@ -342,13 +343,13 @@ func waitRegistered(t *testing.T, natsURL, service string, p *process) {
 type process struct {
 	name           string
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *logbuf.Buffer
 	exited         chan struct{}
 }
 
 func startProcess(t *testing.T, name string, env []string) *process {
 	t.Helper()
-	p := &process{name: name, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &process{name: name, stdout: &logbuf.Buffer{}, stderr: &logbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(bin, name))
 	p.cmd.Env = env
 	p.cmd.Dir = t.TempDir()
@@ -387,21 +388,4 @@ func (p *process) received() []received.User {
 		}
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -13,6 +13,8 @@ import (
 	"go-micro.dev/v6/broker"
 	"go-micro.dev/v6/registry"
 	"go-micro.dev/v6/transport/headers"
+
+	"github.com/shippy/shippy/internal/poll"
 )
 
 const topic = "user.created"
@@ -74,18 +76,6 @@ func publish(t *testing.T, b broker.Broker, id string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return b.Publish(topic, message(id), broker.PublishContext(ctx))
-}
-
-// waitFor polls cond until it holds or fails the test after timeout.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // Publish returns only once the handler has run, with the message as sent.
@@ -358,7 +348,7 @@ func TestDisconnectAnswersDeliveriesInFlight(t *testing.T) {
 	disconnected := make(chan error, 1)
 	go func() { disconnected <- sub.Disconnect() }()
 	// Disconnect deregisters before it waits for the delivery.
-	waitFor(t, "the subscription deregistered", 10*time.Second, func() bool {
+	poll.Until(t, "the subscription deregistered", 10*time.Second, func() bool {
 		svcs, err := reg.GetService(ServiceName)
 		return errors.Is(err, registry.ErrNotFound) || (err == nil && len(subscriberGroups(svcs, topic)) == 0)
 	})
@@ -389,7 +379,7 @@ func TestInteropStockPublisher(t *testing.T) {
 		t.Fatalf("stock Publish = %v; want nil", err)
 	}
 	// The stock broker sends after Publish returned.
-	waitFor(t, "the event from go-micro's broker", 10*time.Second, func() bool { return len(rec.ids()) == 1 })
+	poll.Until(t, "the event from go-micro's broker", 10*time.Second, func() bool { return len(rec.ids()) == 1 })
 	if m := rec.got[0]; string(m.Body) != `{"event_id":"ev-1"}` || m.Header[headers.Message] != topic {
 		t.Errorf("handler got header %v, body %q; want the stock publisher's message", m.Header, m.Body)
 	}

@@ -11,6 +11,7 @@ import (
 	"go-micro.dev/v6/broker"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // TestConcurrencyRunsHandlersInParallel: with WithConcurrency(4) four
@@ -66,7 +67,7 @@ func TestConcurrencyRunsHandlersInParallel(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Subscribe() = %v; want nil", err)
 			}
-			waitFor(t, "every message but the held one handled", func() bool {
+			poll.Until(t, "every message but the held one handled", waitLimit, func() bool {
 				mu.Lock()
 				defer mu.Unlock()
 				return len(seen) == n-1
@@ -91,7 +92,7 @@ func TestConcurrencyRunsHandlersInParallel(t *testing.T) {
 			}
 			_, js := jsClient(t, srv.URL())
 			name := ConsumerName("email-service", "user.created")
-			waitFor(t, "every message acked", func() bool { return settled(t, js, name) })
+			poll.Until(t, "every message acked", waitLimit, func() bool { return settled(t, js, name) })
 		})
 	}
 }

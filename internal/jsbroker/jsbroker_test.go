@@ -16,6 +16,7 @@ import (
 	"go-micro.dev/v6/broker"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 const waitLimit = 20 * time.Second
@@ -36,18 +37,6 @@ func newBroker(t *testing.T, url string, opts ...broker.Option) *Broker {
 	}
 	t.Cleanup(func() { _ = b.Disconnect() })
 	return b
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitLimit, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // recorder is a handler that remembers what it was given.
@@ -152,7 +141,7 @@ func TestRoundTripKeepsBodyAndHeaders(t *testing.T) {
 			header := map[string]string{"Content-Type": "application/protobuf", HeaderEventID: "ev-" + topic, "X-Trace": "a b"}
 			publish(t, b, topic, "payload", header)
 
-			waitFor(t, "the message", func() bool { return len(rec.bodies()) == 1 })
+			poll.Until(t, "the message", waitLimit, func() bool { return len(rec.bodies()) == 1 })
 			rec.mu.Lock()
 			got := rec.events[0]
 			rec.mu.Unlock()
@@ -167,7 +156,7 @@ func TestRoundTripKeepsBodyAndHeaders(t *testing.T) {
 					t.Errorf("Header[%q] = %q; want %q", k, got.Message().Header[k], v)
 				}
 			}
-			waitFor(t, "the ack", func() bool { return b.Stats().Acked >= 1 })
+			poll.Until(t, "the ack", waitLimit, func() bool { return b.Stats().Acked >= 1 })
 		})
 	}
 }
@@ -193,7 +182,7 @@ func TestQueueGroupSharesMessagesWithoutDuplicates(t *testing.T) {
 
 	_, js := jsClient(t, srv.URL())
 	total := func() int { return len(recs[0].bodies()) + len(recs[1].bodies()) }
-	waitFor(t, "all messages handled and acked", func() bool {
+	poll.Until(t, "all messages handled and acked", waitLimit, func() bool {
 		return total() >= n && settled(t, js, ConsumerName("email-service", "user.created"))
 	})
 	got := append(recs[0].bodies(), recs[1].bodies()...)
@@ -256,12 +245,12 @@ func TestFailingHandlerGetsMessageAgain(t *testing.T) {
 	subscribe(t, b, "user.created", rec.handle, broker.Queue("email-service"))
 	publish(t, b, "user.created", "flaky", nil)
 
-	waitFor(t, "the 4th delivery to succeed", func() bool { return len(rec.bodies()) == 1 })
+	poll.Until(t, "the 4th delivery to succeed", waitLimit, func() bool { return len(rec.bodies()) == 1 })
 	if got := rec.triesOf("flaky"); got != 4 {
 		t.Errorf("handler called %d times; want 4", got)
 	}
 	_, js := jsClient(t, srv.URL())
-	waitFor(t, "the ack", func() bool { return settled(t, js, ConsumerName("email-service", "user.created")) })
+	poll.Until(t, "the ack", waitLimit, func() bool { return settled(t, js, ConsumerName("email-service", "user.created")) })
 	if st := b.Stats(); st.Retried != 3 || st.Acked != 1 || st.DeadLettered != 0 {
 		t.Errorf("Stats() = %+v; want Retried 3, Acked 1, DeadLettered 0", st)
 	}
@@ -310,7 +299,7 @@ func TestAlwaysFailingMessageIsDeadLettered(t *testing.T) {
 	}
 
 	// Terminated, so the consumer settles with no redelivery pending.
-	waitFor(t, "the consumer to settle", func() bool {
+	poll.Until(t, "the consumer to settle", waitLimit, func() bool {
 		return settled(t, js, ConsumerName("email-service", "user.created")) && len(rec.bodies()) == 1
 	})
 	if got := rec.triesOf("poison"); got != maxDeliver {
@@ -343,9 +332,9 @@ func TestMessagesPublishedWithoutSubscriberAreDelivered(t *testing.T) {
 	sb := newBroker(t, srv.URL())
 	rec := &recorder{}
 	sub := subscribe(t, sb, "user.created", rec.handle, broker.Queue("email-service"))
-	waitFor(t, "the early message", func() bool { return len(rec.bodies()) == 1 })
+	poll.Until(t, "the early message", waitLimit, func() bool { return len(rec.bodies()) == 1 })
 	_, js := jsClient(t, srv.URL())
-	waitFor(t, "the ack", func() bool { return settled(t, js, ConsumerName("email-service", "user.created")) })
+	poll.Until(t, "the ack", waitLimit, func() bool { return settled(t, js, ConsumerName("email-service", "user.created")) })
 	if err := sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +345,7 @@ func TestMessagesPublishedWithoutSubscriberAreDelivered(t *testing.T) {
 
 	rec2 := &recorder{}
 	subscribe(t, sb, "user.created", rec2.handle, broker.Queue("email-service"))
-	waitFor(t, "the messages published while down", func() bool { return len(rec2.bodies()) == 2 })
+	poll.Until(t, "the messages published while down", waitLimit, func() bool { return len(rec2.bodies()) == 2 })
 	if got := fmt.Sprint(rec2.bodies()); got != "[while-down-1 while-down-2]" {
 		t.Errorf("after resubscribing got %s; want [while-down-1 while-down-2] (no replay of acked ones)", got)
 	}
@@ -378,7 +367,7 @@ func testServerRestart(t *testing.T, queue string) {
 	}
 	subscribe(t, b, "user.created", rec.handle, opts...)
 	publish(t, b, "user.created", "before", nil)
-	waitFor(t, "the message before the outage", func() bool { return len(rec.bodies()) == 1 })
+	poll.Until(t, "the message before the outage", waitLimit, func() bool { return len(rec.bodies()) == 1 })
 
 	srv.Stop()
 	if err := b.Publish("user.created", &broker.Message{Body: []byte("down")}); err == nil {
@@ -387,10 +376,10 @@ func testServerRestart(t *testing.T, queue string) {
 
 	srv.Restart()
 	after := &broker.Message{Header: map[string]string{HeaderEventID: "ev-after"}, Body: []byte("after")}
-	waitFor(t, "a publish to succeed after the restart", func() bool {
+	poll.Until(t, "a publish to succeed after the restart", waitLimit, func() bool {
 		return b.Publish("user.created", after) == nil
 	})
-	waitFor(t, "the consumer to resume", func() bool {
+	poll.Until(t, "the consumer to resume", waitLimit, func() bool {
 		for _, body := range rec.bodies() {
 			if body == "after" {
 				return true
@@ -426,20 +415,20 @@ func TestDeletedConsumerIsRecreated(t *testing.T) {
 	rec := &recorder{}
 	subscribe(t, b, "user.created", rec.handle, broker.Queue("email-service"))
 	publish(t, b, "user.created", "first", nil)
-	waitFor(t, "the first message", func() bool { return len(rec.bodies()) == 1 })
+	poll.Until(t, "the first message", waitLimit, func() bool { return len(rec.bodies()) == 1 })
 
 	_, js := jsClient(t, srv.URL())
 	name := ConsumerName("email-service", "user.created")
 	// The server sometimes fails a delete while the consumer writes its
 	// state ("directory not empty"); an operator would retry too.
-	waitFor(t, "the consumer to be deleted", func() bool {
+	poll.Until(t, "the consumer to be deleted", waitLimit, func() bool {
 		err := js.DeleteConsumer(context.Background(), DefaultStream, name)
 		return err == nil || errors.Is(err, jetstream.ErrConsumerNotFound)
 	})
 	publish(t, b, "user.created", "second", nil)
 	// The recreated durable starts from the first stored message again: at
 	// least once, so "first" may come twice; "second" must come.
-	waitFor(t, "the message published after the consumer was deleted", func() bool {
+	poll.Until(t, "the message published after the consumer was deleted", waitLimit, func() bool {
 		for _, body := range rec.bodies() {
 			if body == "second" {
 				return true
@@ -482,7 +471,7 @@ func TestUnsubscribeHandsBufferedMessagesBack(t *testing.T) {
 	_, js := jsClient(t, srv.URL())
 	name := ConsumerName("email-service", "user.created")
 	<-entered
-	waitFor(t, "every message pulled by the first subscriber", func() bool {
+	poll.Until(t, "every message pulled by the first subscriber", waitLimit, func() bool {
 		c, err := js.Consumer(context.Background(), DefaultStream, name)
 		if err != nil {
 			t.Fatalf("Consumer(%q) = %v", name, err)
@@ -501,7 +490,7 @@ func TestUnsubscribeHandsBufferedMessagesBack(t *testing.T) {
 	}()
 	<-sub.(*subscriber).done // stopping, with its handler still running
 	close(release)
-	waitFor(t, "Unsubscribe to return", func() bool {
+	poll.Until(t, "Unsubscribe to return", waitLimit, func() bool {
 		select {
 		case <-unsubscribed:
 			return true
@@ -513,7 +502,7 @@ func TestUnsubscribeHandsBufferedMessagesBack(t *testing.T) {
 	other := newBroker(t, srv.URL(), AckWait(time.Minute))
 	rec := &recorder{}
 	subscribe(t, other, "user.created", rec.handle, broker.Queue("email-service"))
-	waitFor(t, "the handed-back messages handled and acked", func() bool {
+	poll.Until(t, "the handed-back messages handled and acked", waitLimit, func() bool {
 		return len(rec.bodies()) >= n-1 && settled(t, js, name)
 	})
 

@@ -12,6 +12,7 @@ import (
 	"go-micro.dev/v6/broker"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // streamInfo reads a stream's state on its own connection.
@@ -94,7 +95,7 @@ func TestEventStreamAtItsLimits(t *testing.T) {
 	if _, err := b.Subscribe("limits", rec.handle, broker.Queue("late")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the kept events", func() bool { return uint64(len(rec.bodies())) == kept })
+	poll.Until(t, "the kept events", waitLimit, func() bool { return uint64(len(rec.bodies())) == kept })
 
 	// The owner lowers the limit: JetStream accepts it and drops at once.
 	newBroker(t, ns.URL(), EventLimits(Limits{MaxAge: time.Hour, MaxBytes: limit / 4}))
@@ -122,7 +123,7 @@ func TestStreamsReplicatedOnACluster(t *testing.T) {
 	b := newBroker(t, c.URLs(), Replicas(3), PublishTimeout(2*time.Second))
 	// The new replicas catch up in the background.
 	for _, name := range []string{DefaultStream, DefaultStream + "_DLQ"} {
-		waitFor(t, name+" on 3 servers", func() bool {
+		poll.Until(t, name+" on 3 servers", waitLimit, func() bool {
 			info := streamInfo(t, c.URLs(), name)
 			if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
 				return false
@@ -142,7 +143,7 @@ func TestStreamsReplicatedOnACluster(t *testing.T) {
 	if err := b.Publish("replicated", &broker.Message{Body: []byte("before")}); err != nil {
 		t.Fatalf("Publish = %v", err)
 	}
-	waitFor(t, "the first event", func() bool { return len(rec.bodies()) == 1 })
+	poll.Until(t, "the first event", waitLimit, func() bool { return len(rec.bodies()) == 1 })
 
 	// The stream's leader goes away; the other two elect another.
 	leader := streamInfo(t, c.URLs(), DefaultStream).Cluster.Leader
@@ -151,8 +152,8 @@ func TestStreamsReplicatedOnACluster(t *testing.T) {
 			s.Stop()
 		}
 	}
-	waitFor(t, "a publish with the leader down", func() bool {
+	poll.Until(t, "a publish with the leader down", waitLimit, func() bool {
 		return b.Publish("replicated", &broker.Message{Header: map[string]string{HeaderEventID: "after"}, Body: []byte("after")}) == nil
 	})
-	waitFor(t, "the event published with the leader down", func() bool { return len(rec.bodies()) == 2 })
+	poll.Until(t, "the event published with the leader down", waitLimit, func() bool { return len(rec.bodies()) == 2 })
 }

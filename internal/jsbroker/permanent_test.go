@@ -11,6 +11,7 @@ import (
 	merrors "go-micro.dev/v6/errors"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // goMicroFlattened is what go-micro v6.3.10's router hands the broker when
@@ -109,7 +110,7 @@ func TestPermanentErrorIsDeadLetteredAtOnce(t *testing.T) {
 			t.Errorf("dead letter header %s = %q; want %q", k, got, want)
 		}
 	}
-	waitFor(t, "the consumer to settle", func() bool {
+	poll.Until(t, "the consumer to settle", waitLimit, func() bool {
 		return settled(t, js, ConsumerName("email-service", "user.created")) && len(rec.bodies()) == 1
 	})
 	if got := rec.triesOf("refused"); got != 1 {

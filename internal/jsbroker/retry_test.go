@@ -9,6 +9,7 @@ import (
 	"go-micro.dev/v6/broker"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // A subscription's WithRetry schedule replaces the broker's MaxDeliver and
@@ -53,7 +54,7 @@ func TestWithRetryOverridesTheBrokerSchedule(t *testing.T) {
 			publish(t, b, "user.created", "flaky", nil)
 
 			consumer := ConsumerName("email-service", "user.created")
-			waitFor(t, "the message to be acked or dead-lettered", func() bool {
+			poll.Until(t, "the message to be acked or dead-lettered", waitLimit, func() bool {
 				st := b.Stats()
 				return st.Acked+st.DeadLettered == 1 && settled(t, js, consumer)
 			})

@@ -16,6 +16,7 @@ import (
 	"go-micro.dev/v6/broker"
 
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 func TestTransient(t *testing.T) {
@@ -73,7 +74,7 @@ func TestConnectWaitsForAClusterWithoutQuorum(t *testing.T) {
 	go func() { connected <- b.Connect() }()
 	t.Cleanup(func() { _ = b.Disconnect() })
 
-	waitFor(t, "Connect to retry", func() bool { return strings.Contains(logs.String(), "JetStream not ready; retrying") })
+	poll.Until(t, "Connect to retry", waitLimit, func() bool { return strings.Contains(logs.String(), "JetStream not ready; retrying") })
 	select {
 	case err := <-connected:
 		t.Fatalf("Connect() without quorum = %v; want it to wait", err)

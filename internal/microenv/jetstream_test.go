@@ -1,11 +1,9 @@
 package microenv
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shippy/shippy/internal/jsbroker"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 )
 
@@ -82,24 +81,6 @@ func TestLoadJetStreamEnv(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination shared with the broker's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // The program that owns the streams (OwnStreams: the user-service) applies
 // JETSTREAM_*; another (the email-service) creates them when missing and
 // otherwise leaves them alone, saying so when its settings differ.
@@ -116,7 +97,7 @@ func TestPluginsApplyJetStreamEnvOnlyForTheOwner(t *testing.T) {
 	}
 	connect := func(t *testing.T, e Env, opts ...PluginOption) string {
 		t.Helper()
-		var logs syncBuffer
+		var logs logbuf.Buffer
 		opts = append(opts, Logger(slog.New(slog.NewJSONHandler(&logs, nil))))
 		p, err := e.Plugins(opts...)
 		if err != nil {

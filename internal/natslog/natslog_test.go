@@ -1,50 +1,22 @@
 package natslog_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natslog"
 	"github.com/shippy/shippy/internal/natstest"
+	"github.com/shippy/shippy/internal/poll"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // What nats.go would print on stderr as plain text (a permissions
 // violation) and the disconnect/reconnect cycle of a server restart reach
@@ -55,7 +27,7 @@ func TestConnectionEventsAreLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := natstest.StartConfig(t, conf, nil)
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	var st natslog.State
 	opts := append(natslog.StateOptions(slog.New(slog.NewJSONHandler(&logs, nil)), &st),
 		nats.UserInfo("u", "p"), nats.ReconnectWait(50*time.Millisecond), nats.MaxReconnects(-1))
@@ -64,17 +36,17 @@ func TestConnectionEventsAreLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	waitFor(t, "the state up after connecting", func() bool { return st.Ready(context.Background()) == nil })
+	poll.Until(t, "the state up after connecting", 10*time.Second, func() bool { return st.Ready(context.Background()) == nil })
 
 	if err := nc.Publish("forbidden", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the permissions violation logged", func() bool { return strings.Contains(logs.String(), "Permissions Violation") })
+	poll.Until(t, "the permissions violation logged", 10*time.Second, func() bool { return strings.Contains(logs.String(), "Permissions Violation") })
 
 	ns.Stop()
-	waitFor(t, "the state down", func() bool { return st.Ready(context.Background()) != nil })
+	poll.Until(t, "the state down", 10*time.Second, func() bool { return st.Ready(context.Background()) != nil })
 	ns.Restart()
-	waitFor(t, "the reconnect logged", func() bool { return strings.Contains(logs.String(), "nats reconnected") })
+	poll.Until(t, "the reconnect logged", 10*time.Second, func() bool { return strings.Contains(logs.String(), "nats reconnected") })
 	if err := st.Ready(context.Background()); err != nil {
 		t.Errorf("state after the reconnect = %v; want up", err)
 	}

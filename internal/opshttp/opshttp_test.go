@@ -1,40 +1,22 @@
 package opshttp_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/opshttp"
 	"github.com/shippy/shippy/internal/opshttp/opstest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func start(t *testing.T, s *opshttp.Server) string {
 	t.Helper()
@@ -48,7 +30,7 @@ func start(t *testing.T, s *opshttp.Server) string {
 }
 
 func TestEndpoints(t *testing.T) {
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	s := opshttp.New(slog.New(slog.NewJSONHandler(&logs, nil)))
 	s.SetCheckTimeout(200 * time.Millisecond)
 	jobs := prometheus.NewCounter(prometheus.CounterOpts{Name: "shippy_test_jobs_total", Help: "Jobs."})

@@ -19,6 +19,7 @@ import (
 	gormlogger "gorm.io/gorm/logger"
 
 	"github.com/shippy/shippy/internal/pgtest"
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // waitTimeout bounds every wait for the relay; it is a deadline, not a
@@ -184,18 +185,6 @@ func pending(t *testing.T, r *Relay) int64 {
 		t.Fatalf("Pending: %v", err)
 	}
 	return n
-}
-
-// waitFor polls cond until it holds or waitTimeout passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // waitPublished receives from the publisher until id comes.
@@ -454,7 +443,7 @@ func TestConcurrentRelaysPublishEachEventOnce(t *testing.T) {
 		for _, r := range relays {
 			r.Notify()
 		}
-		waitFor(t, "every event published", func() bool { return pending(t, relays[0]) == 0 })
+		poll.Until(t, "every event published", waitTimeout, func() bool { return pending(t, relays[0]) == 0 })
 		for _, stop := range stops {
 			stop()
 		}
@@ -534,7 +523,7 @@ func TestStopMidwayAndRestart(t *testing.T) {
 		r2 := New(db, second, WithLogger(discardLogger()), WithBatchSize(10))
 		stop := startRun(t, r2)
 		r2.Notify()
-		waitFor(t, "every event published after the restart", func() bool { return pending(t, r2) == 0 })
+		poll.Until(t, "every event published after the restart", waitTimeout, func() bool { return pending(t, r2) == 0 })
 		stop()
 
 		again, _ := second.snapshot()
@@ -569,7 +558,7 @@ func TestPruneDeletesOnlyOldPublishedRows(t *testing.T) {
 			WithBatchSize(2), WithPruneInterval(10*time.Millisecond), WithBackoff(5*time.Millisecond, 20*time.Millisecond),
 			WithClock(func() time.Time { return now }))
 		stop := startRun(t, r)
-		waitFor(t, "old rows pruned", func() bool { return r.Stats().Pruned >= uint64(len(old)) })
+		poll.Until(t, "old rows pruned", waitTimeout, func() bool { return r.Stats().Pruned >= uint64(len(old)) })
 		stop()
 
 		var left []string

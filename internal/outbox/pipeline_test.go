@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gorm.io/gorm"
+
+	"github.com/shippy/shippy/internal/poll"
 )
 
 // inFlightPublisher wraps a fakePublisher and records how many publishes
@@ -56,10 +58,10 @@ func TestMaxInFlightPublishesConcurrentlyOnce(t *testing.T) {
 			WithBackoff(time.Millisecond, 5*time.Millisecond), WithBatchSize(50))
 		startRun(t, r)
 		r.Notify()
-		waitFor(t, fmt.Sprintf("%d publishes out at once", inFlight), func() bool { return pub.cur.Load() == inFlight })
+		poll.Until(t, fmt.Sprintf("%d publishes out at once", inFlight), waitTimeout, func() bool { return pub.cur.Load() == inFlight })
 		close(pub.hold)
 		// Stats count a batch right after its commit: wait for both.
-		waitFor(t, "every event published and counted", func() bool {
+		poll.Until(t, "every event published and counted", waitTimeout, func() bool {
 			return pending(t, r) == 0 && r.Stats().Published == uint64(len(ids))
 		})
 
@@ -126,7 +128,7 @@ func TestMaxInFlightStopMidway(t *testing.T) {
 		r2 := New(db, second, WithLogger(discardLogger()), WithMaxInFlight(4), WithBatchSize(10))
 		startRun(t, r2)
 		r2.Notify()
-		waitFor(t, "every event published after the restart", func() bool { return pending(t, r2) == 0 })
+		poll.Until(t, "every event published after the restart", waitTimeout, func() bool { return pending(t, r2) == 0 })
 		again, _ := second.snapshot()
 		for _, id := range ids {
 			if n := counts[id] + again[id]; n != 1 {
@@ -171,7 +173,7 @@ func TestReplicasShareTheOutbox(t *testing.T) {
 		}
 		wg.Wait()
 		// Stats count a batch right after its commit: wait for both.
-		waitFor(t, "every event published and counted", func() bool {
+		poll.Until(t, "every event published and counted", waitTimeout, func() bool {
 			var n uint64
 			for _, r := range relays {
 				n += r.Stats().Published
@@ -243,7 +245,7 @@ func TestMaxInFlightUsesBatchPublisher(t *testing.T) {
 		startRun(t, r)
 		r.Notify()
 		// Stats count a batch right after its commit: wait for both.
-		waitFor(t, "every event published and counted", func() bool {
+		poll.Until(t, "every event published and counted", waitTimeout, func() bool {
 			return pending(t, r) == 0 && r.Stats().Published == uint64(len(ids))
 		})
 		counts, _ := pub.snapshot()
@@ -289,9 +291,9 @@ func TestMaxInFlightBrokerDown(t *testing.T) {
 			WithBackoff(time.Millisecond, 5*time.Millisecond))
 		startRun(t, r)
 		r.Notify()
-		waitFor(t, "two failed rounds", func() bool { return r.Stats().Failed >= 2*uint64(len(ids)) })
+		poll.Until(t, "two failed rounds", waitTimeout, func() bool { return r.Stats().Failed >= 2*uint64(len(ids)) })
 		down.Store(false)
-		waitFor(t, "every event published and counted", func() bool {
+		poll.Until(t, "every event published and counted", waitTimeout, func() bool {
 			return pending(t, r) == 0 && r.Stats().Published == uint64(len(ids))
 		})
 		counts, _ := pub.snapshot()
