@@ -97,6 +97,20 @@ func subscribe(t *testing.T, b *Broker, topic string, h broker.Handler, opts ...
 	return sub
 }
 
+// watchDeadLetters subscribes nc to b's dead letters of topic, before
+// anything is published, so that none is missed.
+func watchDeadLetters(t *testing.T, nc *nats.Conn, b *Broker, topic string) *nats.Subscription {
+	t.Helper()
+	dead, err := nc.SubscribeSync(b.DeadLetterSubject(topic))
+	if err != nil {
+		t.Fatalf("subscribe to %s: %v", b.DeadLetterSubject(topic), err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return dead
+}
+
 // jsClient is a plain JetStream client for looking at the server's state.
 func jsClient(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
@@ -261,13 +275,7 @@ func TestAlwaysFailingMessageIsDeadLettered(t *testing.T) {
 	const maxDeliver = 3
 	b := newBroker(t, srv.URL(), MaxDeliver(maxDeliver))
 	nc, js := jsClient(t, srv.URL())
-	dead, err := nc.SubscribeSync(b.DeadLetterSubject("user.created"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	dead := watchDeadLetters(t, nc, b, "user.created")
 
 	rec := &recorder{fail: func(body string, _ int) error {
 		if body == "poison" {

@@ -79,13 +79,7 @@ func TestPermanentErrorIsDeadLetteredAtOnce(t *testing.T) {
 	srv := natstest.Start(t)
 	b := newBroker(t, srv.URL(), MaxDeliver(5))
 	nc, js := jsClient(t, srv.URL())
-	dead, err := nc.SubscribeSync(b.DeadLetterSubject("user.created"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	dead := watchDeadLetters(t, nc, b, "user.created")
 
 	rec := &recorder{fail: func(body string, _ int) error {
 		if body == "refused" {

@@ -33,13 +33,7 @@ func TestWithRetryOverridesTheBrokerSchedule(t *testing.T) {
 			srv := natstest.Start(t)
 			b := newBroker(t, srv.URL(), MaxDeliver(2))
 			nc, js := jsClient(t, srv.URL())
-			dead, err := nc.SubscribeSync(b.DeadLetterSubject("user.created"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := nc.Flush(); err != nil {
-				t.Fatal(err)
-			}
+			dead := watchDeadLetters(t, nc, b, "user.created")
 			rec := &recorder{fail: func(_ string, try int) error {
 				if try <= tt.failFirst {
 					return fmt.Errorf("mailer down (try %d)", try)

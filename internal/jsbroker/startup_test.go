@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go-micro.dev/v6/broker"
 
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/poll"
 )
@@ -40,24 +40,6 @@ func TestTransient(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log a broker writes while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A service started while its NATS cluster has no quorum (two of three
 // servers still starting) waits for JetStream instead of failing: Connect
 // returns once the others are up, with the streams on three servers.
@@ -67,7 +49,7 @@ func TestConnectWaitsForAClusterWithoutQuorum(t *testing.T) {
 	for _, s := range c.Servers[1:] {
 		s.Stop()
 	}
-	logs := &lockedBuffer{}
+	logs := &logbuf.Buffer{}
 	b := New(broker.Addrs(c.Servers[0].URL()), Replicas(3), PublishTimeout(time.Second), StartTimeout(2*time.Minute),
 		Logger(slog.New(slog.NewTextHandler(logs, nil))))
 	connected := make(chan error, 1)
