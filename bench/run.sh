@@ -18,3 +18,6 @@ grep -E '^(ratio|tune|create-to-email|rss|built-in)' "$out" | sort -s -t= -k1,1
 echo
 echo "== latency: p50, p99 and the slowest call (max) =="
 grep -E '^(stack|validate|soak-rpc|soak-cli):' "$out" || true
+echo
+echo "== scaling, capacity, the relay and memory growth =="
+grep -E '^(scaling|capacity|relay|memgrowth):' "$out" || true
