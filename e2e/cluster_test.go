@@ -376,10 +376,26 @@ type natsCluster struct {
 }
 
 type natsNode struct {
-	name           string
-	conf           string
-	port, httpPort int
-	proc           *process
+	name                      string
+	conf, store               string
+	port, httpPort, routePort int
+	routes                    string // every node's route URL, quoted
+	cluster                   string // unique per test: routes never join another test's
+	proc                      *process
+}
+
+// writeConf writes the node's configuration file for its current ports.
+func (nd *natsNode) writeConf(t *testing.T) {
+	t.Helper()
+	conf := fmt.Sprintf(`server_name: %q
+listen: "127.0.0.1:%d"
+http: "127.0.0.1:%d"
+jetstream { store_dir: %q }
+cluster { name: %q, listen: "127.0.0.1:%d", routes: [%s] }
+`, nd.name, nd.port, nd.httpPort, nd.store, nd.cluster, nd.routePort, nd.routes)
+	if err := os.WriteFile(nd.conf, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 var (
@@ -430,21 +446,14 @@ func startNATSCluster(t *testing.T, n int) *natsCluster {
 	c := &natsCluster{}
 	dir := t.TempDir()
 	for i := range n {
-		nd := &natsNode{name: fmt.Sprintf("nats-%d", i), port: ports[3*i], httpPort: ports[3*i+1]}
-		nd.conf = filepath.Join(dir, nd.name+".conf")
-		conf := fmt.Sprintf(`server_name: %q
-listen: "127.0.0.1:%d"
-http: "127.0.0.1:%d"
-jetstream { store_dir: %q }
-cluster { name: "shippy-e2e", listen: "127.0.0.1:%d", routes: [%s] }
-`, nd.name, nd.port, nd.httpPort, filepath.Join(dir, nd.name), ports[3*i+2], strings.Join(routes, ", "))
-		if err := os.WriteFile(nd.conf, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		nd := &natsNode{name: fmt.Sprintf("nats-%d", i), port: ports[3*i], httpPort: ports[3*i+1], routePort: ports[3*i+2],
+			routes: strings.Join(routes, ", "), cluster: fmt.Sprintf("shippy-e2e-%d", ports[0])}
+		nd.conf, nd.store = filepath.Join(dir, nd.name+".conf"), filepath.Join(dir, nd.name)
+		nd.writeConf(t)
 		c.nodes = append(c.nodes, nd)
 	}
 	for _, nd := range c.nodes {
-		nd.start(t)
+		nd.startFirst(t)
 	}
 	// JetStream answers once the cluster has elected a meta leader.
 	nc, err := nats.Connect(c.urls())
@@ -466,8 +475,37 @@ cluster { name: "shippy-e2e", listen: "127.0.0.1:%d", routes: [%s] }
 	return c
 }
 
+// startFirst starts the node for the first time. A port freePorts picked
+// can be taken by another test before the server binds it: then the node
+// gets new ports and starts again (the others' routes to its old route port
+// fail, but its own routes to them join it to the cluster).
+func (nd *natsNode) startFirst(t *testing.T) {
+	t.Helper()
+	for range 5 {
+		if nd.tryStart(t) {
+			return
+		}
+		if !strings.Contains(nd.proc.stderr.String(), "address already in use") {
+			t.Fatalf("%s exited at start:\n%s", nd.name, nd.proc.stderr)
+		}
+		ports := freePorts(t, 3)
+		nd.port, nd.httpPort, nd.routePort = ports[0], ports[1], ports[2]
+		nd.writeConf(t)
+	}
+	t.Fatalf("%s: its ports were taken at each of 5 starts", nd.name)
+}
+
 // start runs the node's nats-server and waits until it accepts clients.
 func (nd *natsNode) start(t *testing.T) {
+	t.Helper()
+	if !nd.tryStart(t) {
+		t.Fatalf("%s exited at start:\n%s", nd.name, nd.proc.stderr)
+	}
+}
+
+// tryStart runs the node's nats-server and waits until it accepts clients
+// (true) or exits (false).
+func (nd *natsNode) tryStart(t *testing.T) bool {
 	t.Helper()
 	p := &process{name: nd.name, stdout: &logbuf.Buffer{}, stderr: &logbuf.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(natsServerBinary(t), "-c", nd.conf)
@@ -496,13 +534,21 @@ func (nd *natsNode) start(t *testing.T) {
 		}
 	})
 	nd.proc = p
-	waitUntil(t, nd.name+" accepting clients", 30*time.Second, func() bool {
+	accepting := false
+	waitUntil(t, nd.name+" accepting clients or exiting", 30*time.Second, func() bool {
+		select {
+		case <-p.exited:
+			return true
+		default:
+		}
 		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", nd.port), time.Second)
 		if err == nil {
 			conn.Close()
+			accepting = true
 		}
-		return err == nil
+		return accepting
 	})
+	return accepting
 }
 
 func (c *natsCluster) urls() string {

@@ -67,9 +67,10 @@ var errSendInProgress = errors.New("welcome email for this event is being sent b
 // backoff, each counting toward its dead-letter limit, so the lease must end
 // before the deliveries do: it must be shorter than the delay before the
 // last delivery (EMAIL_RETRY_BACKOFF's last, 5m by default; LoadConfig
-// refuses a longer EMAIL_SEND_LEASE). It is also shorter than JetStream's ack wait
-// (30s), so the redelivery of a message whose replica died mid-send finds
-// the lease over and sends at once.
+// refuses a longer EMAIL_SEND_LEASE). The default is also shorter than
+// JetStream's ack wait (30s), so the redelivery of a message whose replica
+// died mid-send finds the lease over and sends at once; a longer lease only
+// delays that send.
 const defaultSendLease = 10 * time.Second
 
 // sendTimeout bounds one send under a lease of the given length: half of

@@ -246,11 +246,6 @@ func TestFaultFailingMailer(t *testing.T) {
 		len(ids)+len(flaky), len(flaky), m.failFirst, attempts, dl.Header.Get(jsbroker.HeaderDeadLetterReason), lost, duplicated, time.Since(start).Round(time.Millisecond))
 }
 
-// A replica claimed an event in the shared sent log and died before
-// sending: the claim stays for the lease, and every delivery meanwhile finds
-// it held (errSendInProgress) and is redelivered. The broker must not run
-// out of deliveries before the lease ends: the event is sent once, after
-// the lease, and not dead-lettered.
 // A mail server down for longer than the broker's default schedule allows:
 // EMAIL_RETRY_BACKOFF's schedule keeps the event until the server is back,
 // and the email goes out once, with no dead letter.
@@ -278,6 +273,11 @@ func TestFaultRetryScheduleOutlastsAnOutage(t *testing.T) {
 	}
 }
 
+// A replica claimed an event in the shared sent log and died before
+// sending: the claim stays for the lease, and every delivery meanwhile finds
+// it held (errSendInProgress) and is redelivered. The broker must not run
+// out of deliveries before the lease ends: the event is sent once, after
+// the lease, and not dead-lettered.
 func TestFaultClaimAbandonedByDeadReplica(t *testing.T) {
 	t.Parallel()
 	start := time.Now()

@@ -124,7 +124,11 @@ func TestEventsTailPrintsEachUserCreated(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tail := startEventsCLI(ctx, opsEnv(ns.URL()), "--json", "events", "tail")
-	fromStart := startEventsCLI(ctx, opsEnv(ns.URL()), "events", "tail", "--from-start", "--count", "2")
+	// Its own context: it must stop by itself after --count events, not
+	// with the Ctrl-C that stops the other tail.
+	fromCtx, fromCancel := context.WithCancel(context.Background())
+	defer fromCancel()
+	fromStart := startEventsCLI(fromCtx, opsEnv(ns.URL()), "events", "tail", "--from-start", "--count", "2")
 	waitOutput(t, "events tail", tail.stderr, "waiting for user.created")
 	waitOutput(t, "events tail --from-start", fromStart.stderr, "waiting for user.created")
 
@@ -156,7 +160,11 @@ func TestEventsTailPrintsEachUserCreated(t *testing.T) {
 		t.Errorf("events tail printed a password field: %s", lines[0])
 	}
 
-	<-fromStart.done
+	select {
+	case <-fromStart.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("events tail --from-start --count 2 still running 30s after the second event; stdout %q", fromStart.stdout)
+	}
 	out := fromStart.stdout.String()
 	if fromStart.code != exitOK || !strings.Contains(out, "Old User <old@example.com>") || !strings.Contains(out, "Ada Lovelace <ada@example.com> (Analytical Engines)") {
 		t.Errorf("events tail --from-start --count 2 = exit %d, %q; want both events", fromStart.code, out)

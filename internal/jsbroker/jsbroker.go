@@ -88,6 +88,8 @@ type Broker struct {
 	// exit (or close what handlers use) before the handlers finished calls
 	// it too, to wait for the same disconnect.
 	disconnecting sync.Mutex
+	// connecting serialises Connect, which may wait for JetStream.
+	connecting sync.Mutex
 
 	mu    sync.RWMutex
 	opts  broker.Options
@@ -206,24 +208,29 @@ func (b *Broker) DeadLetterSubject(topic string) string {
 // the dead-letter stream, retrying for up to StartTimeout while JetStream
 // does not answer yet. The connection then reconnects forever.
 func (b *Broker) Connect() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.nc != nil && !b.nc.IsClosed() {
+	// connecting, not mu, is held while JetStream is awaited, so that Ready,
+	// Publish and Disconnect answer (not connected) meanwhile.
+	b.connecting.Lock()
+	defer b.connecting.Unlock()
+	b.mu.RLock()
+	connected := b.nc != nil && !b.nc.IsClosed()
+	cfg, tlsConfig, secure, url := b.cfg, b.opts.TLSConfig, b.opts.Secure, strings.Join(b.addrs(), ",")
+	b.mu.RUnlock()
+	if connected {
 		return nil
 	}
-	log := b.cfg.log.With("broker", "jetstream")
+	log := cfg.log.With("broker", "jetstream")
 	nopts := append([]nats.Option{
 		nats.Name("shippy-jsbroker"),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(b.cfg.reconnectWait),
+		nats.ReconnectWait(cfg.reconnectWait),
 	}, natslog.Options(log)...)
-	if b.opts.TLSConfig != nil {
-		nopts = append(nopts, nats.Secure(b.opts.TLSConfig))
-	} else if b.opts.Secure {
+	if tlsConfig != nil {
+		nopts = append(nopts, nats.Secure(tlsConfig))
+	} else if secure {
 		nopts = append(nopts, nats.Secure())
 	}
-	nopts = append(nopts, b.cfg.natsOptions...)
-	url := strings.Join(b.addrs(), ",")
+	nopts = append(nopts, cfg.natsOptions...)
 	nc, err := nats.Connect(url, nopts...)
 	if err != nil {
 		return fmt.Errorf("connect to nats %s: %w", url, err)
@@ -233,43 +240,45 @@ func (b *Broker) Connect() error {
 		nc.Close()
 		return fmt.Errorf("jetstream context: %w", err)
 	}
-	err = RetryStart(context.Background(), log, "create streams", b.cfg.startTimeout, b.cfg.publishTimeout,
-		func(ctx context.Context) error { return b.ensureStreams(ctx, js) })
+	err = RetryStart(context.Background(), log, "create streams", cfg.startTimeout, cfg.publishTimeout,
+		func(ctx context.Context) error { return ensureStreams(ctx, js, cfg) })
 	if err != nil {
 		nc.Close()
 		return err
 	}
+	b.mu.Lock()
 	b.nc, b.js = nc, js
+	b.mu.Unlock()
 	return nil
 }
 
-func (b *Broker) ensureStreams(ctx context.Context, js jetstream.JetStream) error {
+func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg config) error {
 	events := jetstream.StreamConfig{
-		Name:        b.cfg.stream,
+		Name:        cfg.stream,
 		Description: "go-micro events published through jsbroker",
-		Subjects:    []string{b.cfg.subjectPrefix + ".>"},
+		Subjects:    []string{cfg.subjectPrefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
-		MaxAge:      b.cfg.maxAge,
-		MaxBytes:    maxBytes(b.cfg.maxBytes),
-		Replicas:    b.cfg.replicas,
-		Duplicates:  b.cfg.duplicateWindow,
+		MaxAge:      cfg.maxAge,
+		MaxBytes:    maxBytes(cfg.maxBytes),
+		Replicas:    cfg.replicas,
+		Duplicates:  cfg.duplicateWindow,
 	}
 	dlq := jetstream.StreamConfig{
-		Name:        b.cfg.stream + "_DLQ",
+		Name:        cfg.stream + "_DLQ",
 		Description: "messages jsbroker gave up on after the maximum deliveries",
-		Subjects:    []string{b.cfg.deadLetterPrefix + ".>"},
+		Subjects:    []string{cfg.deadLetterPrefix + ".>"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
-		MaxAge:      b.cfg.deadLetterLimits.MaxAge,
-		MaxBytes:    maxBytes(b.cfg.deadLetterLimits.MaxBytes),
-		Replicas:    b.cfg.replicas,
-		Duplicates:  b.cfg.duplicateWindow,
+		MaxAge:      cfg.deadLetterLimits.MaxAge,
+		MaxBytes:    maxBytes(cfg.deadLetterLimits.MaxBytes),
+		Replicas:    cfg.replicas,
+		Duplicates:  cfg.duplicateWindow,
 	}
 	for _, sc := range []jetstream.StreamConfig{events, dlq} {
-		if err := b.ensureStream(ctx, js, sc); err != nil {
+		if err := ensureStream(ctx, js, cfg, sc); err != nil {
 			return err
 		}
 	}
@@ -287,9 +296,9 @@ func maxBytes(n int64) int64 {
 // ensureStream creates the stream, or updates it to want if the broker
 // updates streams; otherwise it leaves an existing stream as it is and
 // says so when its limits differ from want.
-func (b *Broker) ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
-	log := b.cfg.log.With("broker", "jetstream", "stream", want.Name)
-	if b.cfg.updateStreams {
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg config, want jetstream.StreamConfig) error {
+	log := cfg.log.With("broker", "jetstream", "stream", want.Name)
+	if cfg.updateStreams {
 		if _, err := js.CreateOrUpdateStream(ctx, want); err != nil {
 			return fmt.Errorf("create or update stream %s (replicas %d): %w", want.Name, want.Replicas, err)
 		}
@@ -345,6 +354,10 @@ func (b *Broker) Ready(ctx context.Context) error {
 func (b *Broker) Disconnect() error {
 	b.disconnecting.Lock()
 	defer b.disconnecting.Unlock()
+	// A Connect still waiting for JetStream finishes first, so that its
+	// connection is closed here rather than left open after.
+	b.connecting.Lock()
+	defer b.connecting.Unlock()
 	b.mu.Lock()
 	subs := make([]*subscriber, 0, len(b.subs))
 	for s := range b.subs {

@@ -62,6 +62,17 @@ func TestConnectWaitsForAClusterWithoutQuorum(t *testing.T) {
 		t.Fatalf("Connect() without quorum = %v; want it to wait", err)
 	default:
 	}
+	// Meanwhile the readiness check answers: not connected.
+	ready := make(chan error, 1)
+	go func() { ready <- b.Ready(context.Background()) }()
+	select {
+	case err := <-ready:
+		if !errors.Is(err, ErrNotConnected) {
+			t.Errorf("Ready() while Connect waits = %v; want %v", err, ErrNotConnected)
+		}
+	case <-time.After(waitLimit):
+		t.Fatalf("Ready() still blocked %v into Connect's wait for JetStream", waitLimit)
+	}
 	for _, s := range c.Servers[1:] {
 		s.Restart()
 	}
