@@ -85,7 +85,8 @@ func TestConsumerLeaderKilled(t *testing.T) {
 	})
 	// Events keep coming, as under load, so that pulls are renewed while
 	// the consumer has no leader.
-	stop := make(chan struct{})
+	pubCtx, stopPublishing := context.WithCancel(context.Background())
+	t.Cleanup(stopPublishing) // a failing test stops the publisher too
 	var pubs sync.WaitGroup
 	pubs.Add(1)
 	go func() {
@@ -94,7 +95,7 @@ func TestConsumerLeaderKilled(t *testing.T) {
 		defer tick.Stop()
 		for i := 0; ; i++ {
 			select {
-			case <-stop:
+			case <-pubCtx.Done():
 				return
 			case <-tick.C:
 			}
@@ -113,7 +114,7 @@ func TestConsumerLeaderKilled(t *testing.T) {
 	atKill := count(received)
 	waitUntil(t, "events delivered after the kill", 2*time.Minute, func() bool { return count(received) > atKill+20 })
 	resumed := time.Since(killed)
-	close(stop)
+	stopPublishing()
 	pubs.Wait()
 	waitUntil(t, "every event the stream took delivered", time.Minute, func() bool {
 		mu.Lock()
