@@ -24,6 +24,9 @@ type result struct {
 	errs int
 	dur  time.Duration
 	lat  []time.Duration // sorted
+	// slowAt are the start times of the calls slower than slowCall (runFor
+	// only), to tell a pause of every caller at once from calls slow alone.
+	slowAt []time.Time
 }
 
 func (r result) perSec() float64 { return float64(r.ops) / r.dur.Seconds() }
@@ -54,7 +57,8 @@ func (r result) over(d time.Duration) int {
 func (r result) merge(o result) result {
 	lat := append(append([]time.Duration(nil), r.lat...), o.lat...)
 	slices.Sort(lat)
-	return result{ops: r.ops + o.ops, errs: r.errs + o.errs, dur: r.dur + o.dur, lat: lat}
+	slowAt := append(append([]time.Time(nil), r.slowAt...), o.slowAt...)
+	return result{ops: r.ops + o.ops, errs: r.errs + o.errs, dur: r.dur + o.dur, lat: lat, slowAt: slowAt}
 }
 
 // run calls op n times from conc goroutines and records each call's latency.
@@ -91,6 +95,7 @@ func run(n, conc int, op func(i int) error) result {
 func runFor(d time.Duration, conc int, op func() error) (result, error) {
 	var mu sync.Mutex
 	var all []time.Duration
+	var slowAt []time.Time
 	var errs int
 	var first error
 	var wg sync.WaitGroup
@@ -101,6 +106,7 @@ func runFor(d time.Duration, conc int, op func() error) (result, error) {
 		go func() {
 			defer wg.Done()
 			var lat []time.Duration
+			var slow []time.Time
 			var n int
 			var ferr error
 			for time.Now().Before(deadline) {
@@ -111,10 +117,15 @@ func runFor(d time.Duration, conc int, op func() error) (result, error) {
 						ferr = err
 					}
 				}
-				lat = append(lat, time.Since(t0))
+				d := time.Since(t0)
+				lat = append(lat, d)
+				if d > slowCall {
+					slow = append(slow, t0)
+				}
 			}
 			mu.Lock()
 			all = append(all, lat...)
+			slowAt = append(slowAt, slow...)
 			errs += n
 			if first == nil {
 				first = ferr
@@ -124,7 +135,7 @@ func runFor(d time.Duration, conc int, op func() error) (result, error) {
 	}
 	wg.Wait()
 	slices.Sort(all)
-	return result{ops: len(all), errs: errs, dur: time.Since(start), lat: all}, first
+	return result{ops: len(all), errs: errs, dur: time.Since(start), lat: all, slowAt: slowAt}, first
 }
 
 // alternate measures base and subj in two interleaved halves each
@@ -158,3 +169,26 @@ func ratio(b *testing.B, pair string, v float64) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// burst is slow calls that began within a short gap of each other.
+type burst struct {
+	at   time.Time // the first one's start
+	size int
+}
+
+// bursts groups the slow calls' start times into bursts: calls that began
+// within gap of the one before. A burst as large as the number of callers
+// is a pause of the whole path (a process or the machine stopped), not one
+// slow call; bursts at a fixed period point at a timer.
+func bursts(at []time.Time, gap time.Duration) []burst {
+	at = slices.Clone(at)
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	var bs []burst
+	for i := range at {
+		if i == 0 || at[i].Sub(at[i-1]) > gap {
+			bs = append(bs, burst{at: at[i]})
+		}
+		bs[len(bs)-1].size++
+	}
+	return bs
+}

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -10,8 +12,12 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
+	"github.com/shippy/shippy/internal/poll"
 	pb "github.com/shippy/shippy/proto/user"
 )
 
@@ -26,13 +32,27 @@ type pipeline struct {
 
 func startPipeline(b *testing.B, bcryptCost int) *pipeline {
 	b.Helper()
+	return startPipelineLogging(b, bcryptCost, nil, nil)
+}
+
+// startPipelineLogging is startPipeline with each service's JSON log at
+// debug level written to userLog and emailLog, when they are not nil.
+func startPipelineLogging(b *testing.B, bcryptCost int, userLog, emailLog io.Writer) *pipeline {
+	b.Helper()
 	ns := natstest.Start(b)
 	db := pgtest.NewDatabase(b)
 	userEnv := localEnv(b, "user-service", ns.URL(), db)
 	userEnv["BCRYPT_COST"] = fmt.Sprint(bcryptCost)
+	emailEnv := localEnv(b, "email-service", ns.URL(), db)
+	if userLog != nil {
+		userEnv["LOG_LEVEL"], userEnv["LOG_FORMAT"] = "debug", "json"
+	}
+	if emailLog != nil {
+		emailEnv["LOG_LEVEL"], emailEnv["LOG_FORMAT"] = "debug", "json"
+	}
 	p := &pipeline{natsURL: ns.URL()}
-	p.user = startProcess(b, "shippy-user-service", userEnv)
-	p.email = startProcess(b, "shippy-email-service", localEnv(b, "email-service", ns.URL(), db))
+	p.user = startProcessLogging(b, "shippy-user-service", userEnv, userLog)
+	p.email = startProcessLogging(b, "shippy-email-service", emailEnv, emailLog)
 	waitRegistered(b, ns.URL(), "go.micro.srv.user", p.user)
 	waitRegistered(b, ns.URL(), "go.micro.srv.email", p.email)
 	p.users = userClient(b, ns.URL())
@@ -108,6 +128,192 @@ func BenchmarkCreateToEmail(b *testing.B) {
 	fmt.Printf("create-to-email: p50 %.0fus p99 %.0fus max %.0fus (%d of %d emails out before Create's reply arrived); raw NATS RTT p50 %.0fus p99 %.0fus max %.0fus\n",
 		us(subj.pct(50)), us(subj.pct(99)), us(subj.worst()), early, len(subj.lat), us(rawR.pct(50)), us(rawR.pct(99)), us(rawR.worst()))
 	ratio(b, "5-create-to-email-p50-vs-rawnats-rtt", float64(rawR.pct(50))/float64(max(subj.pct(50), time.Microsecond)))
+}
+
+// hop is one step of an event's way from Create to the mailer: from the log
+// line from.msg (in from.log) to the line to.msg, matched by event_id.
+type hop struct {
+	name     string
+	from, to logLine
+}
+
+type logLine struct {
+	log *logbuf.Buffer
+	msg string
+}
+
+// BenchmarkCreateToEmailStages splits pair 5's path into its hops, timed by
+// the services' own log lines at debug level (JSON, nanosecond times, one
+// clock): the user-service's commit ("user created"), its relay's claim of
+// the outbox row, the email-service's receipt from JetStream (the publish,
+// the stream's store and ack, and the delivery), its claim in the sent log
+// (a KV write), and the mailer. Debug logging adds its own microseconds to
+// each hop; the total is next to pair 5's figure for that reason.
+//
+//	go test -run '^$' -bench CreateToEmailStages -benchtime 1x ./bench/
+func BenchmarkCreateToEmailStages(b *testing.B) {
+	var userLog, emailLog logbuf.Buffer
+	p := startPipelineLogging(b, 4, &userLog, &emailLog)
+	ctx := context.Background()
+	n := 3 + 80*b.N // the first 3 warm up
+	var warm []string
+	for i := range n {
+		name := fmt.Sprintf("Stages User %d", i)
+		rsp, err := p.users.Create(ctx, &pb.User{Name: name, Email: fmt.Sprintf("stages%d@example.com", i), Password: benchPassword})
+		if err != nil {
+			b.Fatalf("Create(%q): %v", name, err)
+		}
+		if i < 3 {
+			warm = append(warm, rsp.User.Id)
+		}
+		p.emailSent(b, name, 30*time.Second)
+	}
+	// The last line (the mailer's log line) can trail the stdout line.
+	poll.Until(b, "every welcome email logged", 10*time.Second, func() bool {
+		return strings.Count(emailLog.String(), `"msg":"welcome email sent"`) >= n
+	})
+	var (
+		commit   = logLine{&userLog, "user created"}
+		claim    = logLine{&userLog, "outbox event claimed"}
+		received = logLine{&emailLog, "message received"}
+		kvClaim  = logLine{&emailLog, "event claimed for sending"}
+		mailer   = logLine{&emailLog, "welcome email sent"}
+	)
+	hops := []hop{
+		{"commit to relay claim (wake-up, BEGIN, SELECT FOR UPDATE)", commit, claim},
+		{"relay claim to email-service receipt (publish, store, ack, delivery)", claim, received},
+		{"receipt to sent-log claim (decode, KV create)", received, kvClaim},
+		{"sent-log claim to mailer", kvClaim, mailer},
+		{"total, commit to mailer", commit, mailer},
+	}
+	times := map[*logbuf.Buffer]map[string]map[string]time.Time{} // log → msg → event id → time
+	for _, buf := range []*logbuf.Buffer{&userLog, &emailLog} {
+		times[buf] = logTimes(b, buf.String(), warm)
+	}
+	for _, h := range hops {
+		from, to := times[h.from.log][h.from.msg], times[h.to.log][h.to.msg]
+		var lat []time.Duration
+		for id, t0 := range from {
+			if t1, ok := to[id]; ok {
+				lat = append(lat, t1.Sub(t0))
+			}
+		}
+		if len(lat) < n-len(warm) {
+			b.Fatalf("%s: %d events have both lines %q and %q; want %d", h.name, len(lat), h.from.msg, h.to.msg, n-len(warm))
+		}
+		slices.Sort(lat)
+		r := result{ops: len(lat), lat: lat}
+		fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", h.name, us(r.pct(50)), us(r.pct(90)))
+	}
+	// The floors of the two JetStream hops, one event at a time on the same
+	// server: what a durable path pays with no framework at all.
+	deliver, kvCreate := jetStreamHopFloors(b, p.natsURL, n-len(warm))
+	fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", "floor: nats.go publish to a file stream, to a pull consumer's callback", us(deliver.pct(50)), us(deliver.pct(90)))
+	fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", "floor: nats.go KV Create in a file bucket", us(kvCreate.pct(50)), us(kvCreate.pct(90)))
+}
+
+// jetStreamHopFloors times n events, one at a time, from a synchronous
+// publish into a file-backed stream to a durable pull consumer's callback,
+// and n creates of a new key in a file-backed key-value bucket.
+func jetStreamHopFloors(b *testing.B, natsURL string, n int) (deliver, kvCreate result) {
+	b.Helper()
+	ctx := context.Background()
+	js := func() jetstream.JetStream {
+		nc, err := nats.Connect(natsURL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return js
+	}
+	pubJS, subJS := js(), js()
+	st, err := pubJS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: "BENCH_HOP", Subjects: []string{"bench.hop"}, Storage: jetstream.FileStorage,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "hop", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		b.Fatal(err)
+	}
+	cons, err := subJS.Consumer(ctx, "BENCH_HOP", "hop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	got := make(chan time.Time, 1)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		got <- time.Now()
+		_ = m.Ack()
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cc.Stop)
+	payload, _ := proto.Marshal(sampleEvent(0))
+	for range n {
+		t0 := time.Now()
+		if _, err := pubJS.Publish(ctx, "bench.hop", payload); err != nil {
+			b.Fatalf("publish: %v", err)
+		}
+		select {
+		case t1 := <-got:
+			deliver.lat = append(deliver.lat, t1.Sub(t0))
+		case <-time.After(10 * time.Second):
+			b.Fatal("published event not delivered within 10s")
+		}
+	}
+	kv, err := pubJS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench_hop", Storage: jetstream.FileStorage})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		t0 := time.Now()
+		if _, err := kv.Create(ctx, fmt.Sprintf("key%d", i), []byte("sending")); err != nil {
+			b.Fatalf("kv create: %v", err)
+		}
+		kvCreate.lat = append(kvCreate.lat, time.Since(t0))
+	}
+	slices.Sort(deliver.lat)
+	slices.Sort(kvCreate.lat)
+	return deliver, kvCreate
+}
+
+// logTimes reads a service's JSON log: for each message, the time of its
+// first line for each event_id, leaving out the warm-up users' events.
+func logTimes(b *testing.B, log string, skipUsers []string) map[string]map[string]time.Time {
+	b.Helper()
+	out := map[string]map[string]time.Time{}
+	skipEvents := map[string]bool{}
+	for _, line := range strings.Split(log, "\n") {
+		var l struct {
+			Time    time.Time `json:"time"`
+			Msg     string    `json:"msg"`
+			EventID string    `json:"event_id"`
+			UserID  string    `json:"user_id"`
+		}
+		if json.Unmarshal([]byte(line), &l) != nil || l.EventID == "" {
+			continue
+		}
+		if slices.Contains(skipUsers, l.UserID) {
+			skipEvents[l.EventID] = true
+		}
+		if out[l.Msg] == nil {
+			out[l.Msg] = map[string]time.Time{}
+		}
+		if _, ok := out[l.Msg][l.EventID]; !ok {
+			out[l.Msg][l.EventID] = l.Time
+		}
+	}
+	for _, m := range out {
+		for id := range skipEvents {
+			delete(m, id)
+		}
+	}
+	return out
 }
 
 // BenchmarkMemory is pair 6: each service's resident memory (VmRSS from

@@ -19,5 +19,8 @@ echo
 echo "== latency: p50, p99 and the slowest call (max) =="
 grep -E '^(stack|validate|soak-rpc|soak-cli):' "$out" || true
 echo
+echo "== Create to email, hop by hop (BenchmarkCreateToEmailStages) =="
+grep -E '^stages:' "$out" || true
+echo
 echo "== scaling, capacity, the relay and memory growth =="
 grep -E '^(scaling|capacity|relay|memgrowth):' "$out" || true

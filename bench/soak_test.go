@@ -50,6 +50,35 @@ func soakDuration(b *testing.B) time.Duration {
 	return d
 }
 
+// soakEnvDuration reads BenchmarkSoakRPC's windows: SOAK_WINDOW is how long
+// it calls the service between two runs of the raw NATS floor (default
+// 25s), SOAK_FLOOR_WINDOW how long each floor run lasts (default 5s). A
+// window as long as SOAK_DURATION runs the floor once, after the service,
+// so that no switch between the two falls inside the measured minutes.
+func soakEnvDuration(b *testing.B, name string, def time.Duration) time.Duration {
+	b.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		b.Fatalf("%s=%q: want a duration such as 10m", name, v)
+	}
+	return d
+}
+
+// burstSummary says how the calls over slowCall were grouped: a burst as
+// large as the number of callers is every caller stopped at once.
+func burstSummary(r result) string {
+	bs := bursts(r.slowAt, slowCall)
+	largest := 0
+	for _, x := range bs {
+		largest = max(largest, x.size)
+	}
+	return fmt.Sprintf("%d bursts, largest %d", len(bs), largest)
+}
+
 // soakCallers are the caller counts of BenchmarkSoakRPC's phases:
 // SOAK_CALLERS (comma-separated, e.g. "1" for one 10-minute phase) or
 // rpcCallers.
@@ -101,10 +130,12 @@ func BenchmarkSoakRPC(b *testing.B) {
 	payload, _ := proto.Marshal(&pb.Token{Token: token})
 	rawCall := rawNATS(b, natsURL, payload)
 	raw := func() error { return rawCall(0) }
-	const window, floorWindow = 25 * time.Second, 5 * time.Second
+	window := soakEnvDuration(b, "SOAK_WINDOW", 25*time.Second)
+	floorWindow := soakEnvDuration(b, "SOAK_FLOOR_WINDOW", 5*time.Second)
 	for _, conc := range soakCallers(b) {
 		var subj, floor result
 		var firstErr error
+		start := time.Now()
 		for left := d; left > 0; left -= window {
 			r, err := runFor(min(window, left), conc, validate)
 			subj = subj.merge(r)
@@ -124,9 +155,21 @@ func BenchmarkSoakRPC(b *testing.B) {
 		b.ReportMetric(us(subj.worst()), c+"-max-us")
 		b.ReportMetric(float64(subj.over(slowCall)), c+"-over-100ms")
 		b.ReportMetric(us(floor.worst()), c+"-rawnats-max-us")
-		fmt.Printf("soak-rpc: c%-2d %s: %d calls (%.0f/s), %d failed, p50 %.0fus p99 %.0fus max %.1fms, %d over 100ms, %d over 1s | raw NATS %s: %d calls, p99 %.0fus max %.1fms, %d over 100ms | load %s\n",
-			conc, d, subj.ops, subj.perSec(), subj.errs, us(subj.pct(50)), us(subj.pct(99)), ms(subj.worst()), subj.over(slowCall), subj.over(time.Second),
-			floor.dur.Round(time.Second), floor.ops, us(floor.pct(99)), ms(floor.worst()), floor.over(slowCall), loadAvg())
+		fmt.Printf("soak-rpc: c%-2d %s: %d calls (%.0f/s), %d failed, p50 %.0fus p99 %.0fus max %.1fms, %d over 100ms (%s), %d over 1s | raw NATS %s: %d calls, p99 %.0fus max %.1fms, %d over 100ms (%s) | load %s\n",
+			conc, subj.dur.Round(time.Second), subj.ops, subj.perSec(), subj.errs, us(subj.pct(50)), us(subj.pct(99)), ms(subj.worst()), subj.over(slowCall), burstSummary(subj), subj.over(time.Second),
+			floor.dur.Round(time.Second), floor.ops, us(floor.pct(99)), ms(floor.worst()), floor.over(slowCall), burstSummary(floor), loadAvg())
+		for _, side := range []struct {
+			name string
+			r    result
+		}{{"service", subj}, {"raw NATS", floor}} {
+			if bs := bursts(side.r.slowAt, slowCall); len(bs) > 0 {
+				var at strings.Builder
+				for _, x := range bs[:min(len(bs), 20)] {
+					fmt.Fprintf(&at, " +%.1fs(%d)", x.at.Sub(start).Seconds(), x.size)
+				}
+				fmt.Printf("soak-rpc: c%-2d %s: slow bursts at (seconds after %s, calls):%s\n", conc, side.name, start.Format("15:04:05.000"), at.String())
+			}
+		}
 		if firstErr != nil {
 			fmt.Printf("soak-rpc: c%-2d first error: %v\n", conc, firstErr)
 		}

@@ -89,11 +89,21 @@ type stampedLine struct {
 // each line is stamped with the time the benchmark process received it.
 func startProcess(b *testing.B, name string, env map[string]string) *process {
 	b.Helper()
+	return startProcessLogging(b, name, env, nil)
+}
+
+// startProcessLogging is startProcess with the whole of the process's
+// stderr (its log) also written to logs, when not nil.
+func startProcessLogging(b *testing.B, name string, env map[string]string, logs io.Writer) *process {
+	b.Helper()
 	p := &process{name: name, stderr: &tailBuffer{}, exited: make(chan struct{}), lines: make(chan stampedLine, 1<<16)}
 	p.cmd = exec.Command(filepath.Join(binaries(b), name))
 	p.cmd.Env = composeenv.Environ(env)
 	p.cmd.Dir = b.TempDir()
 	p.cmd.Stderr = p.stderr
+	if logs != nil {
+		p.cmd.Stderr = io.MultiWriter(p.stderr, logs)
+	}
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)

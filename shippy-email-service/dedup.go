@@ -107,6 +107,8 @@ func (d *dedupMailer) Send(ctx context.Context, e WelcomeEmail) error {
 			slog.String("event_id", e.EventID), slog.String("user_id", e.UserID))
 		return nil
 	}
+	d.log.DebugContext(ctx, "event claimed for sending",
+		slog.String("event_id", e.EventID), slog.String("user_id", e.UserID))
 
 	sendCtx, cancel := context.WithTimeout(ctx, sendTimeout(d.lease))
 	err = d.next.Send(sendCtx, e)

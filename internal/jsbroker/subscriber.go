@@ -362,6 +362,7 @@ func (s *subscriber) handle(m jetstream.Msg) {
 		// Retries and dead letters can be followed by the request id too.
 		log = log.With(requestid.LogKey, id)
 	}
+	log.Debug("message received", "subject", m.Subject())
 	ev := &event{
 		topic: strings.TrimPrefix(m.Subject(), s.cfg.subjectPrefix+"."),
 		msg:   &broker.Message{Header: header, Body: m.Data()},

@@ -379,6 +379,7 @@ func (r *Relay) publishBatchLocked(ctx, dbCtx context.Context, deadline time.Tim
 			return fmt.Errorf("claim events: %w", err)
 		}
 		claimed = len(rows)
+		r.logClaimed(ctx, rows)
 		res = r.publishRows(ctx, rows, deadline)
 		if claimed > 0 {
 			// The commit only marks rows published: if a crash of
@@ -422,11 +423,25 @@ func (r *Relay) publishBatchLeased(ctx, dbCtx context.Context, deadline time.Tim
 		// The lease expires by itself.
 		return 0, fmt.Errorf("read leased events: %w", err)
 	}
+	r.logClaimed(ctx, rows)
 	res := r.publishRows(ctx, rows, deadline)
 	err = r.db.WithContext(dbCtx).Transaction(func(tx *gorm.DB) error {
 		return r.record(dbCtx, tx, res, owner)
 	})
 	return len(rows), r.finish(ctx, res, err)
+}
+
+// logClaimed logs each claimed row at debug level: with the user-service's
+// "user created" and the email-service's lines it times each hop of an
+// event (bench's BenchmarkCreateToEmailStages reads them).
+func (r *Relay) logClaimed(ctx context.Context, rows []Event) {
+	if !r.cfg.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	for i := range rows {
+		r.cfg.log.DebugContext(ctx, "outbox event claimed", append([]any{
+			"event_id", rows[i].EventID, "topic", rows[i].Topic, "attempts", rows[i].Attempts}, rows[i].requestIDAttr()...)...)
+	}
 }
 
 // publishRows publishes rows in order until one fails, ctx is done, or the
