@@ -510,6 +510,9 @@ func (e Env) NewServer(name string, p Plugins, opts ...server.Option) server.Ser
 		// Each request's Micro-ID as go-micro's server reads it: without
 		// it, a call on a reused connection can stall for 5 s (microid.go).
 		server.Transport(withMicroID(p.Transport)),
+		// The caller's deadline, applied per request (microid.go); first,
+		// so that it bounds every other wrapper too.
+		server.WrapHandler(requestDeadline),
 		server.Wait(nil),
 	}
 	if e.ServerAddress != "" {

@@ -1,6 +1,12 @@
 package microenv
 
 import (
+	"context"
+	"strconv"
+	"time"
+
+	"go-micro.dev/v6/metadata"
+	"go-micro.dev/v6/server"
 	"go-micro.dev/v6/transport"
 	"go-micro.dev/v6/transport/headers"
 )
@@ -16,8 +22,23 @@ import (
 // "<nil>" and is retried: the stall of issue 14 (BENCH.md). Restoring the
 // header gives each request a pseudo-socket of its own.
 
+// go-micro's rpc server also gives each request the deadline of its Timeout
+// header (every go-micro client sends one), but with a `defer cancel()`
+// inside the loop that serves a connection (server/rpc_server.go:260-268):
+// each request's context, with a copy of its headers, stays referenced
+// until the connection closes, about 1 KiB per request. At 16 callers the
+// user-service's heap grew by 250 MB a minute until go-micro's client
+// pool redialled, and its collections stopped every caller for up to
+// 70 ms (BENCH.md). The socket hands the header on under another name,
+// which go-micro leaves alone, and requestDeadline applies it per request.
+const (
+	timeoutHeader  = "Timeout"
+	deadlineHeader = "Shippy-Request-Timeout"
+)
+
 // withMicroID wraps the server's transport so that every request it
-// receives carries Micro-ID as go-micro's server looks it up.
+// receives carries Micro-ID as go-micro's server looks it up, and its
+// Timeout as requestDeadline reads it.
 func withMicroID(t transport.Transport) transport.Transport {
 	if t == nil {
 		return nil
@@ -55,5 +76,29 @@ func (s microIDSocket) Recv(m *transport.Message) error {
 			m.Header[headers.ID] = id
 		}
 	}
+	if to, ok := m.Header[timeoutHeader]; ok {
+		delete(m.Header, timeoutHeader)
+		m.Header[deadlineHeader] = to
+	}
 	return nil
+}
+
+// requestDeadline gives each request the deadline its caller sent, in
+// nanoseconds as go-micro's client writes it, and cancels it when the
+// handler returns. The header is taken out of the metadata, so that calls
+// the handler makes do not carry it on.
+func requestDeadline(next server.HandlerFunc) server.HandlerFunc {
+	return func(ctx context.Context, req server.Request, rsp any) error {
+		to, ok := metadata.Get(ctx, deadlineHeader)
+		if !ok {
+			return next(ctx, req, rsp)
+		}
+		ctx = metadata.Delete(ctx, deadlineHeader)
+		if n, err := strconv.ParseUint(to, 10, 64); err == nil && n > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, time.Duration(n))
+			defer cancel()
+		}
+		return next(ctx, req, rsp)
+	}
 }
