@@ -172,13 +172,10 @@ func rawNATSEvents(b *testing.B, natsURL string) func(n int) result {
 	}
 }
 
-// rawJetStreamEvents publishes n events with JetStream async publish into a
-// file-backed stream and waits until a durable pull consumer has decoded and
-// acked each (explicit ack policy).
-func rawJetStreamEvents(b *testing.B, natsURL string) func(n int) result {
+// jetStreamConn is JetStream on a NATS connection of its own to natsURL,
+// closed with the benchmark.
+func jetStreamConn(b *testing.B, natsURL string) jetstream.JetStream {
 	b.Helper()
-	var handled counter
-	ctx := context.Background()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		b.Fatal(err)
@@ -188,6 +185,17 @@ func rawJetStreamEvents(b *testing.B, natsURL string) func(n int) result {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return js
+}
+
+// rawJetStreamEvents publishes n events with JetStream async publish into a
+// file-backed stream and waits until a durable pull consumer has decoded and
+// acked each (explicit ack policy).
+func rawJetStreamEvents(b *testing.B, natsURL string) func(n int) result {
+	b.Helper()
+	var handled counter
+	ctx := context.Background()
+	js := jetStreamConn(b, natsURL)
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: "BENCH_RAW", Subjects: []string{"bench.rawjs.>"}, Storage: jetstream.FileStorage,
 	})
@@ -198,13 +206,7 @@ func rawJetStreamEvents(b *testing.B, natsURL string) func(n int) result {
 	if err != nil {
 		b.Fatal(err)
 	}
-	subConn, err := nats.Connect(natsURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(subConn.Close)
-	subJS, _ := jetstream.New(subConn)
-	subCons, err := subJS.Consumer(ctx, "BENCH_RAW", cons.CachedInfo().Name)
+	subCons, err := jetStreamConn(b, natsURL).Consumer(ctx, "BENCH_RAW", cons.CachedInfo().Name)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
@@ -218,19 +217,7 @@ func BenchmarkCreateToEmailStages(b *testing.B) {
 func jetStreamHopFloors(b *testing.B, natsURL string, n int) (deliver, kvCreate result) {
 	b.Helper()
 	ctx := context.Background()
-	js := func() jetstream.JetStream {
-		nc, err := nats.Connect(natsURL)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return js
-	}
-	pubJS, subJS := js(), js()
+	pubJS, subJS := jetStreamConn(b, natsURL), jetStreamConn(b, natsURL)
 	st, err := pubJS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: "BENCH_HOP", Subjects: []string{"bench.hop"}, Storage: jetstream.FileStorage,
 	})

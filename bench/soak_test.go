@@ -70,8 +70,7 @@ func soakEnvDuration(b *testing.B, name string, def time.Duration) time.Duration
 
 // burstSummary says how the calls over slowCall were grouped: a burst as
 // large as the number of callers is every caller stopped at once.
-func burstSummary(r result) string {
-	bs := bursts(r.slowAt, slowCall)
+func burstSummary(bs []burst) string {
 	largest := 0
 	for _, x := range bs {
 		largest = max(largest, x.size)
@@ -155,14 +154,15 @@ func BenchmarkSoakRPC(b *testing.B) {
 		b.ReportMetric(us(subj.worst()), c+"-max-us")
 		b.ReportMetric(float64(subj.over(slowCall)), c+"-over-100ms")
 		b.ReportMetric(us(floor.worst()), c+"-rawnats-max-us")
+		subjBursts, floorBursts := bursts(subj.slowAt, slowCall), bursts(floor.slowAt, slowCall)
 		fmt.Printf("soak-rpc: c%-2d %s: %d calls (%.0f/s), %d failed, p50 %.0fus p99 %.0fus max %.1fms, %d over 100ms (%s), %d over 1s | raw NATS %s: %d calls, p99 %.0fus max %.1fms, %d over 100ms (%s) | load %s\n",
-			conc, subj.dur.Round(time.Second), subj.ops, subj.perSec(), subj.errs, us(subj.pct(50)), us(subj.pct(99)), ms(subj.worst()), subj.over(slowCall), burstSummary(subj), subj.over(time.Second),
-			floor.dur.Round(time.Second), floor.ops, us(floor.pct(99)), ms(floor.worst()), floor.over(slowCall), burstSummary(floor), loadAvg())
+			conc, subj.dur.Round(time.Second), subj.ops, subj.perSec(), subj.errs, us(subj.pct(50)), us(subj.pct(99)), ms(subj.worst()), subj.over(slowCall), burstSummary(subjBursts), subj.over(time.Second),
+			floor.dur.Round(time.Second), floor.ops, us(floor.pct(99)), ms(floor.worst()), floor.over(slowCall), burstSummary(floorBursts), loadAvg())
 		for _, side := range []struct {
 			name string
-			r    result
-		}{{"service", subj}, {"raw NATS", floor}} {
-			if bs := bursts(side.r.slowAt, slowCall); len(bs) > 0 {
+			bs   []burst
+		}{{"service", subjBursts}, {"raw NATS", floorBursts}} {
+			if bs := side.bs; len(bs) > 0 {
 				var at strings.Builder
 				for _, x := range bs[:min(len(bs), 20)] {
 					fmt.Fprintf(&at, " +%.1fs(%d)", x.at.Sub(start).Seconds(), x.size)
