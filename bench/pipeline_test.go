@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/shippy/shippy/internal/logbuf"
 	"github.com/shippy/shippy/internal/natstest"
 	"github.com/shippy/shippy/internal/pgtest"
@@ -127,6 +126,16 @@ func BenchmarkCreateToEmail(b *testing.B) {
 	fmt.Printf("create-to-email: p50 %.0fus p99 %.0fus max %.0fus (%d of %d emails out before Create's reply arrived); raw NATS RTT p50 %.0fus p99 %.0fus max %.0fus\n",
 		us(subj.pct(50)), us(subj.pct(99)), us(subj.worst()), early, len(subj.lat), us(rawR.pct(50)), us(rawR.pct(99)), us(rawR.worst()))
 	ratio(b, "5-create-to-email-p50-vs-rawnats-rtt", float64(rawR.pct(50))/float64(max(subj.pct(50), time.Microsecond)))
+
+	// The same round trip at the pipeline's pace from a process of its own
+	// (see floor_test.go): the floor of a path whose processes idle between
+	// events, which the back-to-back RTT above is not on this machine.
+	pace := subj.dur / time.Duration(subj.ops)
+	paced := pacedFloor(b, floorRTT, p.natsURL, subj.ops, pace)
+	b.ReportMetric(us(paced.pct(50)), "paced-rtt-p50-us")
+	fmt.Printf("create-to-email: NATS RTT paced like the pipeline (one every %v, another process) p50 %.0fus p99 %.0fus: create-to-email p50 is %.1f of them\n",
+		pace.Round(time.Microsecond), us(paced.pct(50)), us(paced.pct(99)), float64(subj.pct(50))/float64(paced.pct(50)))
+	ratio(b, "5-create-to-email-p50-vs-paced-rtt", float64(paced.pct(50))/float64(max(subj.pct(50), time.Microsecond)))
 }
 
 // hop is one step of an event's way from Create to the mailer: from the log
@@ -156,6 +165,7 @@ func BenchmarkCreateToEmailStages(b *testing.B) {
 	ctx := context.Background()
 	n := 3 + 80*b.N // the first 3 warm up
 	var warm []string
+	t0 := time.Now()
 	for i := range n {
 		name := fmt.Sprintf("Stages User %d", i)
 		rsp, err := p.users.Create(ctx, &pb.User{Name: name, Email: fmt.Sprintf("stages%d@example.com", i), Password: benchPassword})
@@ -167,6 +177,7 @@ func BenchmarkCreateToEmailStages(b *testing.B) {
 		}
 		p.emailSent(b, name, 30*time.Second)
 	}
+	pace := time.Since(t0) / time.Duration(n) // one event every pace
 	// The last line (the mailer's log line) can trail the stdout line.
 	poll.Until(b, "every welcome email logged", 10*time.Second, func() bool {
 		return strings.Count(emailLog.String(), `"msg":"welcome email sent"`) >= n
@@ -205,68 +216,22 @@ func BenchmarkCreateToEmailStages(b *testing.B) {
 		fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", h.name, us(r.pct(50)), us(r.pct(90)))
 	}
 	// The floors of the two JetStream hops, one event at a time on the same
-	// server: what a durable path pays with no framework at all.
-	deliver, kvCreate := jetStreamHopFloors(b, p.natsURL, n-len(warm))
-	fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", "floor: nats.go publish to a file stream, to a pull consumer's callback", us(deliver.pct(50)), us(deliver.pct(90)))
-	fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", "floor: nats.go KV Create in a file bucket", us(kvCreate.pct(50)), us(kvCreate.pct(90)))
-}
-
-// jetStreamHopFloors times n events, one at a time, from a synchronous
-// publish into a file-backed stream to a durable pull consumer's callback,
-// and n creates of a new key in a file-backed key-value bucket.
-func jetStreamHopFloors(b *testing.B, natsURL string, n int) (deliver, kvCreate result) {
-	b.Helper()
-	ctx := context.Background()
-	pubJS, subJS := jetStreamConn(b, natsURL), jetStreamConn(b, natsURL)
-	st, err := pubJS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: "BENCH_HOP", Subjects: []string{"bench.hop"}, Storage: jetstream.FileStorage,
-	})
-	if err != nil {
-		b.Fatal(err)
+	// server: what a durable path pays with no framework at all, back to
+	// back in this process, then from another process at the pipeline's pace.
+	floors := []struct {
+		name string
+		r    result
+	}{
+		{"floor, back to back here: publish to a file stream, to a pull consumer", backToBackFloor(b, floorDeliver, p.natsURL, n-len(warm))},
+		{"floor, back to back here: KV Create in a file bucket", backToBackFloor(b, floorKV, p.natsURL, n-len(warm))},
+		{"floor, paced: NATS request/reply", pacedFloor(b, floorRTT, p.natsURL, n-len(warm), pace)},
+		{"floor, paced: publish to a file stream, to a pull consumer", pacedFloor(b, floorDeliver, p.natsURL, n-len(warm), pace)},
+		{"floor, paced: KV Create in a file bucket", pacedFloor(b, floorKV, p.natsURL, n-len(warm), pace)},
 	}
-	if _, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "hop", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
-		b.Fatal(err)
+	for _, f := range floors {
+		fmt.Printf("stages: %-70s p50 %5.0fus p90 %5.0fus\n", f.name, us(f.r.pct(50)), us(f.r.pct(90)))
 	}
-	cons, err := subJS.Consumer(ctx, "BENCH_HOP", "hop")
-	if err != nil {
-		b.Fatal(err)
-	}
-	got := make(chan time.Time, 1)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		got <- time.Now()
-		_ = m.Ack()
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(cc.Stop)
-	payload, _ := proto.Marshal(sampleEvent(0))
-	for range n {
-		t0 := time.Now()
-		if _, err := pubJS.Publish(ctx, "bench.hop", payload); err != nil {
-			b.Fatalf("publish: %v", err)
-		}
-		select {
-		case t1 := <-got:
-			deliver.lat = append(deliver.lat, t1.Sub(t0))
-		case <-time.After(10 * time.Second):
-			b.Fatal("published event not delivered within 10s")
-		}
-	}
-	kv, err := pubJS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench_hop", Storage: jetstream.FileStorage})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := range n {
-		t0 := time.Now()
-		if _, err := kv.Create(ctx, fmt.Sprintf("key%d", i), []byte("sending")); err != nil {
-			b.Fatalf("kv create: %v", err)
-		}
-		kvCreate.lat = append(kvCreate.lat, time.Since(t0))
-	}
-	slices.Sort(deliver.lat)
-	slices.Sort(kvCreate.lat)
-	return deliver, kvCreate
+	fmt.Printf("stages: paced floors: one operation every %v (the pipeline's pace), from a process of their own\n", pace.Round(time.Microsecond))
 }
 
 // logTimes reads a service's JSON log: for each message, the time of its

@@ -53,10 +53,10 @@ func startEcho(b *testing.B, natsURL, contentType string) (client.Client, func()
 	return cenv.NewClient(cp, client.ContentType(contentType)), stop
 }
 
-func echoCall(c client.Client, payload string) func(int) error {
+func echoCall(c client.Client, service, payload string) func(int) error {
 	ctx := context.Background()
 	return func(int) error {
-		req := c.NewRequest(echoService, "Echo.Echo", &pb.Token{Token: payload})
+		req := c.NewRequest(service, "Echo.Echo", &pb.Token{Token: payload})
 		rsp := &pb.Token{}
 		return c.Call(ctx, req, rsp)
 	}
@@ -114,7 +114,11 @@ func BenchmarkValidateToken(b *testing.B) {
 	raw := rawNATS(b, natsURL, payload)
 	setComposeMicroEnv(b, natsURL)
 	echoClient, _ := startEcho(b, natsURL, microenv.ContentType)
-	echo := echoCall(echoClient, token)
+	echo := echoCall(echoClient, echoService, token)
+	// The same Echo served by a process of its own, as the user-service is:
+	// what go-micro costs across a process boundary, with none of the
+	// user-service's wrappers.
+	echoProc := echoCall(echoClient, startEchoProcess(b, natsURL), token)
 	validate := func(int) error {
 		r, err := users.ValidateToken(ctx, &pb.Token{Token: token})
 		if err == nil && !r.Valid {
@@ -128,6 +132,10 @@ func BenchmarkValidateToken(b *testing.B) {
 		run(half/10, conc, echo)
 		rawR, subj := alternate(half, func(n int) result { return run(n, conc, raw) }, func(n int) result { return run(n, conc, validate) })
 		_, echoR := alternate(half/2, func(n int) result { return result{} }, func(n int) result { return run(n, conc, echo) })
+		run(half/10, conc, echoProc)
+		echoProcR, subjP := alternate(half/2, func(n int) result { return run(n, conc, echoProc) }, func(n int) result { return run(n, conc, validate) })
+		checkErrs(b, "Echo in a process", echoProcR)
+		checkErrs(b, "ValidateToken", subjP)
 		checkErrs(b, "ValidateToken", subj)
 		checkErrs(b, "Echo", echoR)
 		checkErrs(b, "raw NATS", rawR)
@@ -142,9 +150,11 @@ func BenchmarkValidateToken(b *testing.B) {
 		b.ReportMetric(us(rawR.worst()), c+"-rawnats-max-us")
 		b.ReportMetric(us(echoR.worst()), c+"-echo-max-us")
 		b.ReportMetric(us(subj.worst()), c+"-validate-max-us")
-		fmt.Printf("validate: c%-2d ValidateToken %7.0f/s p50 %6.0fus p99 %7.0fus max %8.0fus | echo %7.0f/s p99 %7.0fus max %8.0fus | raw nats %7.0f/s p99 %6.0fus max %8.0fus\n",
+		fmt.Printf("validate: c%-2d ValidateToken %7.0f/s p50 %6.0fus p99 %7.0fus max %8.0fus | echo %7.0f/s p99 %7.0fus max %8.0fus | echo in a process %7.0f/s p99 %7.0fus | raw nats %7.0f/s p99 %6.0fus max %8.0fus\n",
 			conc, subj.perSec(), us(subj.pct(50)), us(subj.pct(99)), us(subj.worst()),
-			echoR.perSec(), us(echoR.pct(99)), us(echoR.worst()), rawR.perSec(), us(rawR.pct(99)), us(rawR.worst()))
+			echoR.perSec(), us(echoR.pct(99)), us(echoR.worst()), echoProcR.perSec(), us(echoProcR.pct(99)),
+			rawR.perSec(), us(rawR.pct(99)), us(rawR.worst()))
+		ratio(b, "3-validate-vs-echo-process-"+c, subjP.perSec()/echoProcR.perSec())
 		ratio(b, "3-validate-vs-rawnats-"+c, subj.perSec()/rawR.perSec())
 		ratio(b, "3-validate-vs-echo-"+c, subj.perSec()/echoR.perSec())
 		ratio(b, "3-validate-p99-vs-rawnats-"+c, float64(rawR.pct(99))/float64(subj.pct(99)))
@@ -183,7 +193,7 @@ func BenchmarkTuneEcho(b *testing.B) {
 				b.Setenv(k, cfg.env[k])
 			}
 			echoClient, stop := startEcho(b, ns.URL(), cfg.ct)
-			echo := echoCall(echoClient, payload)
+			echo := echoCall(echoClient, echoService, payload)
 			for _, conc := range rpcCallers {
 				half := b.N * 300 * max(1, conc/4)
 				run(half/10, conc, echo)

@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	// Nor the NATS connections' reconnect warnings when a benchmark's
 	// nats-server stops before its clients.
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	if kind := os.Getenv(helperEnv); kind != "" {
+		os.Exit(runHelper(kind)) // started by pacedFloor or startEchoProcess
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
