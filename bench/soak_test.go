@@ -39,22 +39,16 @@ import (
 
 func soakDuration(b *testing.B) time.Duration {
 	b.Helper()
-	v := os.Getenv("SOAK_DURATION")
-	if v == "" {
-		return 15 * time.Second
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		b.Fatalf("SOAK_DURATION=%q: want a duration such as 10m", v)
-	}
-	return d
+	return soakEnvDuration(b, "SOAK_DURATION", 15*time.Second)
 }
 
-// soakEnvDuration reads BenchmarkSoakRPC's windows: SOAK_WINDOW is how long
-// it calls the service between two runs of the raw NATS floor (default
-// 25s), SOAK_FLOOR_WINDOW how long each floor run lasts (default 5s). A
-// window as long as SOAK_DURATION runs the floor once, after the service,
-// so that no switch between the two falls inside the measured minutes.
+// soakEnvDuration reads the duration in the variable name, def when unset.
+// Besides SOAK_DURATION, BenchmarkSoakRPC reads its windows: SOAK_WINDOW is
+// how long it calls the service between two runs of the raw NATS floor
+// (default 25s), SOAK_FLOOR_WINDOW how long each floor run lasts (default
+// 5s). A window as long as SOAK_DURATION runs the floor once, after the
+// service, so that no switch between the two falls inside the measured
+// minutes.
 func soakEnvDuration(b *testing.B, name string, def time.Duration) time.Duration {
 	b.Helper()
 	v := os.Getenv(name)
